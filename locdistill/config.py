@@ -1,0 +1,388 @@
+"""Typed configuration.
+
+A config is a tree of dataclasses. Experiments are Python files (shipped under
+``locdistill/configs/`` and addressable by name, e.g. ``gfl/gfl_r50_fpn_coco_1x``, or
+any path) that define a module-level ``config = Config(...)``. Command-line overrides
+``--set a.b=c`` are parsed with :func:`ast.literal_eval` and type-checked against the
+dataclass fields; an unknown key fails with the list of valid keys.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+import pprint
+import runpy
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Tuple
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class BackboneConfig:
+    depth: int = 50  # 18, 34, 50, 101
+    base_channels: int = 64  # width of the stem; 64 is the standard ResNet
+    frozen_stages: int = 1  # -1: nothing frozen; 1: stem + layer1 frozen (mmdet)
+    norm_eval: bool = True  # keep every BatchNorm in eval mode while training
+    pretrained: str = ""  # "" (random init), "torchvision" (download if possible) or a file
+
+
+@dataclass
+class NeckConfig:
+    out_channels: int = 256
+    start_level: int = 1  # C3 (C2 is level 0)
+    num_outs: int = 5  # P3-P7
+
+
+@dataclass
+class HeadConfig:
+    type: str = "gfl"  # "gfl" (GFocal v1)
+    feat_channels: int = 256
+    stacked_convs: int = 4
+    num_groups: int = 32  # GroupNorm groups in the towers
+    reg_max: int = 16
+    strides: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    octave_base_scale: int = 8  # anchor side = octave_base_scale * stride
+
+
+@dataclass
+class ModelConfig:
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class LossConfig:
+    topk: int = 9  # ATSS candidates per level and GT
+    qfl_beta: float = 2.0
+    loss_cls_weight: float = 1.0
+    loss_bbox_weight: float = 2.0
+    loss_dfl_weight: float = 0.25
+
+
+@dataclass
+class TestConfig:
+    score_thr: float = 0.05
+    nms_pre: int = 1000  # top-k candidates per level
+    nms: str = "nms"  # "nms" (class-aware, torchvision)
+    iou_thr: float = 0.6
+    max_per_img: int = 100
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "coco"  # "coco" (any COCO-format JSON) or "digits" (bundled)
+    train_json: str = "data/coco/annotations/instances_train2017.json"
+    train_images: str = "data/coco/train2017"
+    val_json: str = "data/coco/annotations/instances_val2017.json"
+    val_images: str = "data/coco/val2017"
+    classes: Optional[Tuple[str, ...]] = None  # None: taken from the JSON categories
+    img_scale: Tuple[int, int] = (1333, 800)  # (long, short) bound of keep-ratio resize
+    train_short_range: Optional[Tuple[int, int]] = None  # multi-scale training: short side range
+    flip_prob: float = 0.5
+    size_divisor: int = 32
+    batch_size: int = 2  # images per GPU / process
+    workers: int = 2
+    filter_empty_gt: bool = True
+    skip_bad: bool = False  # skip (and count) corrupt/missing images instead of raising
+    # bundled digits dataset (used when dataset == "digits")
+    digits_root: str = ""  # "" -> ~/.cache/locdistill/digits
+    digits_train: int = 2000
+    digits_val: int = 500
+    digits_image_size: int = 160
+    digits_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 12
+    base_lr: float = 0.01  # learning rate for a total batch of `base_batch`
+    base_batch: int = 16
+    lr: Optional[float] = None  # pin the learning rate (disables the scaling rule)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    milestones: Tuple[int, ...] = (8, 11)  # epochs at which lr *= gamma
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None  # max grad norm
+    eval_interval: int = 1  # epochs between evaluations (0: only at the end)
+    log_interval: int = 50  # iterations between metrics.jsonl lines
+    keep_checkpoints: int = 3
+    seed: int = 0
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
+    amp: bool = False
+    max_iters_per_epoch: Optional[int] = None  # cap (smoke tests, debugging)
+
+
+@dataclass
+class Config:
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ----------------------------------------------------------------------------------
+# finding and loading configs
+
+
+def list_configs() -> list[str]:
+    """Names of the configs shipped in the package (e.g. ``gfl/gfl_r50_fpn_coco_1x``)."""
+    names = []
+    for p in sorted(CONFIG_DIR.rglob("*.py")):
+        if p.name.startswith("_"):
+            continue
+        names.append(p.relative_to(CONFIG_DIR).with_suffix("").as_posix())
+    return names
+
+
+def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
+    """Map a config name or a path to an existing ``.py`` file, or raise ConfigError."""
+    s = str(path_or_name)
+    p = Path(s)
+    if p.suffix == ".py" and p.is_file():
+        return p
+    name = s[:-3] if s.endswith(".py") else s
+    for prefix in ("locdistill/configs/", "configs/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+    cand = CONFIG_DIR / (name + ".py")
+    if cand.is_file():
+        return cand
+    # a bare file name without its folder
+    hits = [n for n in list_configs() if n.split("/")[-1] == name]
+    if len(hits) == 1:
+        return CONFIG_DIR / (hits[0] + ".py")
+    import difflib
+
+    close = difflib.get_close_matches(name, list_configs(), n=5, cutoff=0.4)
+    hint = ("did you mean: " + ", ".join(close)) if close else "run `locdistill configs` to list them"
+    raise ConfigError(f"config '{s}' not found: it is neither an existing .py file nor a shipped config name; {hint}")
+
+
+def load_config(path_or_name: str | os.PathLike | Config, overrides: list[str] | None = None) -> Config:
+    """Load a config by shipped name or file path and apply ``a.b=c`` overrides.
+
+    The file must define a module-level ``config`` (a :class:`Config`) or a JSON/dict
+    dump of one. A work dir's ``config.py`` snapshot loads the same way.
+    """
+    if isinstance(path_or_name, Config):
+        cfg = dataclasses.replace(path_or_name)
+        cfg = config_from_dict(config_to_dict(cfg))
+    else:
+        path = resolve_config_path(path_or_name)
+        try:
+            ns = runpy.run_path(str(path))
+        except ConfigError:
+            raise
+        except Exception as e:  # a broken experiment file
+            raise ConfigError(f"config file {path} failed to execute: {type(e).__name__}: {e}") from e
+        cfg = ns.get("config")
+        if isinstance(cfg, dict):
+            cfg = config_from_dict(cfg)
+        if not isinstance(cfg, Config):
+            raise ConfigError(
+                f"config file {path} must define a module-level `config = Config(...)` "
+                f"(found {type(cfg).__name__})"
+            )
+        if path.stem != "config" or not cfg.name:  # work-dir snapshots keep their name
+            cfg.name = path.stem
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+# ----------------------------------------------------------------------------------
+# type checking / conversion
+
+
+def _valid_keys(obj: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            keys += _valid_keys(v, prefix + f.name + ".")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def valid_keys(cfg: Config) -> list[str]:
+    """All dotted leaf keys of a config, e.g. ``train.epochs``."""
+    return _valid_keys(cfg)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, getattr(types, "UnionType", typing.Union)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}': {value!r} is not a valid {_type_name(tp)}")
+    if origin in (tuple, Tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a tuple/list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"config key '{key}': expected {len(args)} values, got {value!r}")
+        if not args:
+            return tuple(value)
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin in (list, typing.List):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}': expected a dict, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': expected True or False, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """Plain nested dict (tuples become lists) suitable for JSON and checkpoints."""
+    def conv(v):
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(cfg)
+
+
+def _from_dict(cls: type, d: dict, prefix: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"config key '{prefix.rstrip('.') or '<root>'}': expected a mapping, got {d!r}")
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in d if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: "
+            + ", ".join(prefix + n for n in sorted(names))
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        tp = hints[f.name]
+        v = d[f.name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _from_dict(tp, v, prefix + f.name + ".")
+        else:
+            kwargs[f.name] = _coerce(v, tp, prefix + f.name)
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict) -> Config:
+    """Inverse of :func:`config_to_dict`; validates every key and type."""
+    return _from_dict(Config, d, "")
+
+
+def validate(cfg: Config) -> Config:
+    """Re-check every field's type (configs built in Python may hold anything)."""
+    return config_from_dict(config_to_dict(cfg))
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # bare words are strings: --set data.dataset=digits
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``["a.b=c", ...]`` to a copy of ``cfg``; values go through ``ast.literal_eval``."""
+    d = config_to_dict(cfg)
+    keys = valid_keys(cfg)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=12")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        if key not in keys:
+            import difflib
+
+            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError(
+                f"unknown config key '{key}'{hint}; valid keys: " + ", ".join(keys)
+            )
+        node = d
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = _parse_value(text.strip())
+    return config_from_dict(d)
+
+
+def dump_config_py(cfg: Config) -> str:
+    """Source of a Python config file that rebuilds ``cfg`` exactly (loadable by load_config)."""
+    body = pprint.pformat(config_to_dict(cfg), indent=1, width=100, sort_dicts=False)
+    return (
+        "# Resolved config written by locdistill; load it with `locdistill train <this file>`.\n"
+        "from locdistill.config import config_from_dict\n\n"
+        f"config = config_from_dict({body})\n"
+    )
+
+
+def save_config(cfg: Config, work_dir: str | os.PathLike) -> None:
+    """Write ``config.py`` and ``config.json`` snapshots into ``work_dir``."""
+    wd = Path(work_dir)
+    wd.mkdir(parents=True, exist_ok=True)
+    (wd / "config.py").write_text(dump_config_py(cfg))
+    (wd / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2))
