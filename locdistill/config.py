@@ -125,6 +125,22 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Localization distillation (DESIGN §5); off while ``teacher_config`` is empty."""
+
+    teacher_config: str = ""  # config name or path of the teacher; "" = plain training
+    teacher_checkpoint: str = ""  # loaded strictly
+    ld_weight: float = 0.25  # main-region LD on the student's positives
+    ld_temperature: float = 10.0
+    vlr_weight: float = 0.0  # valuable localisation region LD (0 = off; LD configs use 0.25)
+    vlr_temperature: float = 10.0
+    vlr_iou_mode: str = "diou"  # "diou" (true DIoU) or "iof" (the LD code's quirk)
+    kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
+    kd_temperature: float = 2.0
+    reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
+
+
+@dataclass
 class Config:
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -132,6 +148,7 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # ----------------------------------------------------------------------------------

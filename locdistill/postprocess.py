@@ -10,6 +10,7 @@ once for the batch with (image, class) groups.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -71,7 +72,7 @@ def _meta_tensors(image_metas: Sequence[Mapping], device: torch.device) -> tuple
 
 
 def _level_candidates(cls_logits: Tensor, box_logits: Tensor, stride: int, project: Tensor,
-                      nms_pre: int, img_hw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+                      nms_pre: int, score_thr: float, img_hw: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``nms_pre`` (location, class) pairs of one level for every image.
 
     Args:
@@ -79,14 +80,22 @@ def _level_candidates(cls_logits: Tensor, box_logits: Tensor, stride: int, proje
         project: ``[n+1]``; img_hw: ``[B, 2]`` resized image sizes for clipping.
     Returns:
         boxes ``[B, k, 4]`` (clipped, resized-image pixels), scores ``[B, k]``,
-        labels ``[B, k]`` (int64); pairs are not yet thresholded.
+        labels ``[B, k]`` (int64). ``k`` may exceed the pairs above ``score_thr``: the
+        caller still applies the threshold.
     """
     b, c, h, w = cls_logits.shape
     hw = h * w
-    k = c * hw if nms_pre <= 0 else min(nms_pre, c * hw)
     # Channel-major flat index (class * HW + location) avoids a permute copy; the order of
     # the logits equals the order of the sigmoid scores, so top-k runs on raw logits.
-    top_logits, flat = cls_logits.reshape(b, c * hw).topk(k, dim=1, sorted=False)  # [B, k]
+    logits = cls_logits.reshape(b, c * hw)
+    k = c * hw if nms_pre <= 0 else min(nms_pre, c * hw)
+    if 0.0 < score_thr < 1.0:
+        # Top-k among the pairs above the threshold == the above-threshold part of the
+        # overall top-k, so k can shrink to the most any image has above it (a slightly
+        # lower logit bound keeps this an upper count despite rounding).
+        bound = math.log(score_thr / (1.0 - score_thr)) - 1e-3
+        k = min(k, int((logits > bound).sum(1).max()))
+    top_logits, flat = logits.topk(k, dim=1, sorted=False)  # [B, k]
     scores = top_logits.float().sigmoid()
     labels = flat // hw
     loc = flat - labels * hw  # [B, k]
@@ -133,7 +142,7 @@ def postprocess(outputs: Mapping[str, Sequence[Tensor]], image_metas: Sequence[M
     img_hw, scale = _meta_tensors(image_metas, device)
     project = torch.linspace(0, reg_max, reg_max + 1, device=device)
 
-    per_level = [_level_candidates(c, b, s, project, test_cfg.nms_pre, img_hw)
+    per_level = [_level_candidates(c, b, s, project, test_cfg.nms_pre, test_cfg.score_thr, img_hw)
                  for c, b, s in zip(cls_levels, box_levels, strides)]
     boxes = torch.cat([p[0] for p in per_level], dim=1) / scale.unsqueeze(1)  # [B, K, 4]
     scores = torch.cat([p[1] for p in per_level], dim=1)  # [B, K]

@@ -1,0 +1,103 @@
+"""Inference time of locdistill's GFL R-50 FPN vs torchvision's FCOS R-50 FPN.
+
+Both models: random weights, eval mode, ``torch.inference_mode``, the same torch
+threads, one image of the same size, pre-processing (normalise + pad to 32) and
+post-processing (top-k, decode, NMS) included. torchvision's FCOS resizes inputs to
+min 800 / max 1333; an 800×1333 image is kept at that size by it (scale 1.0) and
+padded to 800×1344, which is also what our pipeline feeds GFL. For another --size the
+FCOS transform is set to keep that size too. Measurements alternate between the two
+models (median of --iters) so load from other processes hits both alike.
+
+    python benchmarks/bench_inference.py --iters 5 --threads 2 --size 800x1333
+
+``--dense-scores`` zeroes both classification biases so that sigmoid scores are ~0.5
+and post-processing handles the full 1000 candidates per level (random init otherwise
+keeps almost nothing above the thresholds).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from locdistill.config import ModelConfig, TestConfig  # noqa: E402
+from locdistill.models import build_detector  # noqa: E402
+from locdistill.postprocess import postprocess  # noqa: E402
+
+MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
+STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = text.lower().replace(",", "x").split("x")
+    return int(h), int(w)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=5, help="timed iterations per model (median reported)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per model first")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    ap.add_argument("--size", default="800x1333", help="image HxW (default 800x1333)")
+    ap.add_argument("--dense-scores", action="store_true", help="zero the class biases: stress post-processing")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    h, w = parse_size(args.size)
+
+    from torchvision.models.detection import fcos_resnet50_fpn
+
+    fcos = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80,
+                             min_size=min(h, w), max_size=max(h, w)).eval()
+    gfl = build_detector(ModelConfig(num_classes=80)).eval()
+    if args.dense_scores:
+        with torch.no_grad():
+            gfl.bbox_head.gfl_cls.bias.zero_()
+            fcos.head.classification_head.cls_logits.bias.zero_()
+    test_cfg = TestConfig()
+    image = torch.rand(3, h, w) * 255  # RGB 0..255 (FCOS gets it in 0..1, as it expects)
+    metas = [{"img_shape": (h, w), "scale_factor": (1.0, 1.0), "ori_shape": (h, w)}]
+    pp_times: list[float] = []
+
+    def run_gfl() -> int:
+        x = ((image - MEAN) / STD).unsqueeze(0)
+        x = F.pad(x, (0, -w % 32, 0, -h % 32))  # [1, 3, 800, 1344]
+        out = gfl(x)
+        t = time.perf_counter()
+        dets = postprocess(out, metas, test_cfg, gfl.strides, gfl.reg_max)
+        pp_times.append(time.perf_counter() - t)
+        return len(dets[0]["scores"])
+
+    def run_fcos() -> int:
+        return len(fcos([image / 255])[0]["scores"])
+
+    times: dict[str, list[float]] = {"gfl": [], "fcos": []}
+    counts = {}
+    with torch.inference_mode():
+        for i in range(args.warmup + args.iters):
+            for name, fn in (("gfl", run_gfl), ("fcos", run_fcos)):
+                t = time.perf_counter()
+                counts[name] = fn()
+                if i >= args.warmup:
+                    times[name].append(time.perf_counter() - t)
+    ours, theirs = statistics.median(times["gfl"]), statistics.median(times["fcos"])
+    pp = statistics.median(pp_times[args.warmup:])
+    cmd = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
+    print(f"# {cmd}")
+    print(f"# torch {torch.__version__}, threads {args.threads}, detections: gfl {counts['gfl']}, fcos {counts['fcos']}; "
+          f"gfl post-processing {pp * 1e3:.1f} ms (median)")
+    print("| input | threads | scores | GFL R-50 (ms) | FCOS R-50 (ms) | ratio GFL/FCOS |")
+    print("|---|---|---|---|---|---|")
+    print(f"| {h}x{w} | {args.threads} | {'dense' if args.dense_scores else 'random init'} | "
+          f"{ours * 1e3:.0f} | {theirs * 1e3:.0f} | {ours / theirs:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

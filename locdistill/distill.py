@@ -1,0 +1,105 @@
+"""The Distiller: a frozen teacher and a trainable student in one ``nn.Module`` (DESIGN §5).
+
+The teacher runs in eval mode under ``torch.no_grad()`` on the same augmented batch as
+the student; ``forward`` returns ``(student_outputs, teacher_outputs)`` and the
+criterion turns the pair into LD / VLR-LD / KD terms. Checkpoints written from a
+Distiller hold the student only (:func:`locdistill.checkpoint.model_state_dict`).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+
+def check_compatible(student: nn.Module, teacher: nn.Module, need_same_classes: bool = True) -> None:
+    """Raise :class:`ConfigError` unless the teacher's outputs can supervise the student.
+
+    Checks equal strides (hence levels), one prior per location, equal ``reg_max`` and,
+    when class KD is on, an equal class count.
+    """
+    s_strides, t_strides = tuple(student.strides), tuple(teacher.strides)
+    if s_strides != t_strides:
+        raise ConfigError(
+            f"teacher and student use different FPN strides/levels (teacher {t_strides}, student {s_strides}); "
+            "set model.head.strides (and model.neck.num_outs) of the student to the teacher's")
+    for name, m in (("student", student), ("teacher", teacher)):
+        n = getattr(m, "num_priors", 1)
+        if n != 1:
+            raise ConfigError(f"the {name} has {n} priors per location; LD needs exactly one (GFL/ATSS style)")
+    if student.reg_max != teacher.reg_max:
+        raise ConfigError(
+            f"teacher reg_max={teacher.reg_max} but student reg_max={student.reg_max}: the box distributions "
+            f"must have the same bins; set model.head.reg_max={teacher.reg_max} in the student config")
+    if need_same_classes and student.num_classes != teacher.num_classes:
+        raise ConfigError(
+            f"class KD needs the same classes: teacher has {teacher.num_classes}, student {student.num_classes}; "
+            "use a teacher trained on the same dataset or set distill.kd_weight=0")
+
+
+class Distiller(nn.Module):
+    """Student + frozen teacher. ``forward(images[B,3,H,W]) -> (student_out, teacher_out)``.
+
+    The teacher never trains: its parameters have ``requires_grad=False``, it stays in
+    eval mode when ``.train()`` is called (BN statistics are never updated) and it runs
+    without autograd. It follows ``.to(device)`` like any submodule.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, need_same_classes: bool = True):
+        super().__init__()
+        check_compatible(student, teacher, need_same_classes)
+        self.student = student
+        self.teacher = teacher
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+
+    # mirror the student's attributes so engine code can treat both alike
+    @property
+    def strides(self):
+        return self.student.strides
+
+    @property
+    def reg_max(self) -> int:
+        return self.student.reg_max
+
+    @property
+    def num_classes(self) -> int:
+        return self.student.num_classes
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> tuple[dict, dict]:
+        student_out = self.student(images)
+        with torch.no_grad():
+            teacher_out = self.teacher(images)
+        return student_out, teacher_out
+
+
+def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int | None = None) -> nn.Module:
+    """Build the teacher from its own config and load its checkpoint **strictly**.
+
+    ``num_classes`` is taken from the checkpoint's metadata when it records classes,
+    else from ``num_classes`` (the student's dataset).
+    """
+    from .checkpoint import load_checkpoint, load_model_weights
+    from .config import load_config
+    from .models.build import build_detector
+
+    if not teacher_config or not teacher_checkpoint:
+        raise ConfigError("distillation needs both distill.teacher_config and distill.teacher_checkpoint "
+                          "(e.g. --set distill.teacher_config=gfl/gfl_r101_fpn_mstrain_2x_coco "
+                          "distill.teacher_checkpoint=teacher.pth)")
+    tcfg = load_config(teacher_config)
+    ckpt = load_checkpoint(teacher_checkpoint)
+    classes = (ckpt.get("meta") or {}).get("classes") or (ckpt.get("meta") or {}).get("CLASSES")
+    if classes:
+        tcfg.model.num_classes = len(classes)
+    elif num_classes is not None:
+        tcfg.model.num_classes = num_classes
+    teacher = build_detector(tcfg.model)
+    load_model_weights(teacher, ckpt, strict=True, source=f"teacher checkpoint {teacher_checkpoint}")
+    return teacher

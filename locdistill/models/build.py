@@ -1,0 +1,66 @@
+"""Build modules from the typed config (constructor injection, no registries)."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..config import ModelConfig
+from ..errors import ConfigError
+from .backbones import ResNet
+from .detector import GFL
+from .fpn import FPN
+from .gfl_head import GFLHead
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+    from .criterion import GFLCriterion
+
+
+def build_detector(model_cfg: ModelConfig) -> GFL:
+    """``ModelConfig`` → :class:`GFL` (ResNet → FPN → GFLHead).
+
+    Raises :class:`ConfigError` naming the ``model.*`` key on invalid values.
+    """
+    b, n, h = model_cfg.backbone, model_cfg.neck, model_cfg.head
+    if b.depth not in ResNet.arch_settings:
+        raise ConfigError(f"model.backbone.depth={b.depth!r} is not supported; use one of {sorted(ResNet.arch_settings)}")
+    if h.type != "gfl":
+        raise ConfigError(f"model.head.type={h.type!r} is not supported; valid values: ['gfl']")
+    if model_cfg.num_classes < 1:
+        raise ConfigError(f"model.num_classes={model_cfg.num_classes} must be >= 1")
+    if not 0 <= n.start_level <= 3:
+        raise ConfigError(f"model.neck.start_level={n.start_level} must be in 0..3 (1 = C3, as in mmdetection)")
+    if h.reg_max < 1:
+        raise ConfigError(f"model.head.reg_max={h.reg_max} must be >= 1 (16 is standard)")
+    if h.num_groups < 1 or h.feat_channels % h.num_groups:
+        raise ConfigError(
+            f"model.head.num_groups={h.num_groups} must divide model.head.feat_channels={h.feat_channels}"
+        )
+    in_levels = 4 - n.start_level
+    if n.num_outs < in_levels:
+        raise ConfigError(
+            f"model.neck.num_outs={n.num_outs} must be >= {in_levels}, the backbone levels "
+            f"from model.neck.start_level={n.start_level} to C5"
+        )
+    # C_{start_level+2} has stride 2**(start_level+2); each further level doubles it.
+    strides = tuple(2 ** (n.start_level + 2 + i) for i in range(n.num_outs))
+    if tuple(h.strides) != strides:
+        raise ConfigError(
+            f"model.head.strides={tuple(h.strides)} does not match the network "
+            f"(neck.start_level={n.start_level}, neck.num_outs={n.num_outs} give {strides}); "
+            f"set model.head.strides={list(strides)}"
+        )
+    backbone = ResNet(b.depth, base_channels=b.base_channels, frozen_stages=b.frozen_stages,
+                      norm_eval=b.norm_eval, out_indices=tuple(range(n.start_level, 4)),
+                      pretrained=b.pretrained)
+    neck = FPN(backbone.out_channels, out_channels=n.out_channels, num_outs=n.num_outs)
+    head = GFLHead(model_cfg.num_classes, n.out_channels, feat_channels=h.feat_channels,
+                   stacked_convs=h.stacked_convs, num_groups=h.num_groups, reg_max=h.reg_max,
+                   num_levels=n.num_outs)
+    return GFL(backbone, neck, head, strides=strides)
+
+
+def build_criterion(cfg: "Config") -> "GFLCriterion":
+    """``Config`` → ``GFLCriterion.from_config(cfg)`` (imported lazily)."""
+    from .criterion import GFLCriterion
+
+    return GFLCriterion.from_config(cfg)

@@ -1,0 +1,372 @@
+"""GFL criterion: ATSS assignment + QFL / GIoU / DFL, and the LD / VLR / KD terms.
+
+Numerics are mmdetection 3.3's ``GFLHead.loss_by_feat`` (DESIGN §4) and the LD code's
+``LDHead`` (DESIGN §5). Everything is computed densely over the concatenated anchor
+axis ``A`` of all levels for the whole batch, with masks instead of index lists, so
+there is no host synchronisation (no ``.item()``, no ``nonzero``): a negative anchor
+has weight exactly 0 and regression targets that are well-formed (its own anchor box),
+so it adds exactly 0 to every sum and to every gradient.
+
+Shapes: ``B`` images, ``A`` anchors, ``C`` classes, ``K`` GT slots (GT lists padded to
+the longest), ``n = reg_max``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..boxes import bbox2distance, bbox_diou, bbox_overlaps, box_centers, distance2bbox
+from ..losses import EPS, distribution_focal_loss, giou_loss, kd_kl_loss, quality_focal_loss
+from .atss import ATSSAssigner, ATSSResult
+from .priors import grid_priors, valid_flags_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
+
+__all__ = ["GFLCriterion", "GFLTargets", "reduce_mean"]
+
+
+def reduce_mean(x: Tensor) -> Tensor:
+    """Mean over DDP ranks (all-reduce); identity when torch.distributed is not initialised."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    x = x.clone()
+    dist.all_reduce(x.div_(dist.get_world_size()))
+    return x
+
+
+@dataclass
+class GFLTargets:
+    """Assignment and per-anchor targets of one batch (output of :meth:`GFLCriterion.get_targets`)."""
+
+    anchors: Tensor  # [A, 4] xyxy pixels, levels concatenated
+    strides: Tensor  # [A] stride of each anchor's level
+    level_ids: Tensor  # [A] int64 level index of each anchor
+    num_level_anchors: list  # anchors per level
+    centers: Tensor  # [A, 2] anchor centres in stride units
+    valid: Tensor  # [B, A] bool: inside the image's padded extent
+    labels: Tensor  # [B, A] int64, num_classes = background
+    label_weights: Tensor  # [B, A] float (1 on valid anchors, 0 outside the image)
+    pos_mask: Tensor  # [B, A] bool ATSS positives
+    gt_inds: Tensor  # [B, A] int64 assigned GT slot, -1 = negative
+    assigned_boxes: Tensor  # [B, A, 4] pixels: the GT box of positives, the anchor box otherwise
+    num_pos: Tensor  # [B] int64 positives per image
+    avg_factor: Tensor  # () N = sum_i max(num_pos_i, 1), mean over ranks
+    weight_targets: Tensor  # [B, A] w_p = max_c sigmoid(cls).detach() on positives, 0 elsewhere
+    cls_logits: Tensor  # [B, A, C] float32 student class logits (graph)
+    box_logits: Tensor  # [B, A, 4, n+1] float32 student box logits (graph)
+    pred_boxes: Tensor  # [B, A, 4] decoded student boxes, stride units (graph)
+    target_boxes: Tensor  # [B, A, 4] assigned_boxes in stride units
+    scores: Tensor  # [B, A] QFL target: IoU(detached pred, GT) on positives, 0 elsewhere
+    gt_boxes: Tensor  # [B, K, 4] padded GT boxes (pixels)
+    gt_mask: Tensor  # [B, K] bool real GT slots
+    assign: ATSSResult  # raw ATSS output (thresholds [B, K], ious [B, A, K], ...)
+
+
+class GFLCriterion:
+    """Losses of a GFL detector, optionally distilled from a teacher (LD).
+
+    Args:
+        num_classes: C.
+        reg_max: n (``n+1`` bins per side).
+        strides: pyramid strides, finest first.
+        octave_base_scale: anchor side in strides.
+        topk: ATSS candidates per level and GT.
+        beta: QFL exponent.
+        loss_cls_weight, loss_bbox_weight, loss_dfl_weight: weights of QFL, GIoU and DFL.
+        loss_ld_weight: main-region LD weight (on the student's positives, weighted by w_p).
+        loss_ld_vlr_weight: VLR LD weight (0.25·thr_g <= DIoU < thr_g, weighted by IoU).
+        loss_kd_weight: class KD on positives (0 turns it off).
+        ld_temperature, kd_temperature: temperatures of LD (10) and class KD (2).
+        ld_reduction: ``"sum"`` (LD code: grows with images per GPU) or ``"per_image"``
+            (sum · 3 / images, equal to ``"sum"`` at 3 images per GPU; batch-size invariant).
+        vlr_overlap: ``"iou"`` (true DIoU) or ``"iof"`` (the LD code's intersection over the
+            anchor area inside its DIoU).
+
+    The distillation terms are returned only when ``teacher_outputs`` is given, each only
+    if its weight is non-zero.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        reg_max: int = 16,
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        octave_base_scale: int = 8,
+        topk: int = 9,
+        beta: float = 2.0,
+        loss_cls_weight: float = 1.0,
+        loss_bbox_weight: float = 2.0,
+        loss_dfl_weight: float = 0.25,
+        loss_ld_weight: float = 0.25,
+        loss_ld_vlr_weight: float = 0.25,
+        loss_kd_weight: float = 10.0,
+        ld_temperature: float = 10.0,
+        kd_temperature: float = 2.0,
+        ld_reduction: str = "sum",
+        vlr_overlap: str = "iou",
+    ) -> None:
+        if num_classes < 1:
+            raise ValueError(f"GFLCriterion: num_classes must be >= 1, got {num_classes}")
+        if reg_max < 1:
+            raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
+        if ld_reduction not in ("sum", "per_image"):
+            raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
+        if vlr_overlap not in ("iou", "iof"):
+            raise ValueError(f"GFLCriterion: vlr_overlap must be 'iou' or 'iof', got {vlr_overlap!r}")
+        self.num_classes = int(num_classes)
+        self.reg_max = int(reg_max)
+        self.strides = tuple(int(s) for s in strides)
+        self.octave_base_scale = octave_base_scale
+        self.beta = beta
+        self.loss_cls_weight = loss_cls_weight
+        self.loss_bbox_weight = loss_bbox_weight
+        self.loss_dfl_weight = loss_dfl_weight
+        self.loss_ld_weight = loss_ld_weight
+        self.loss_ld_vlr_weight = loss_ld_vlr_weight
+        self.loss_kd_weight = loss_kd_weight
+        self.ld_temperature = ld_temperature
+        self.kd_temperature = kd_temperature
+        self.ld_reduction = ld_reduction
+        self.vlr_overlap = vlr_overlap
+        self.assigner = ATSSAssigner(topk)
+        self._prior_cache: dict = {}
+
+    @classmethod
+    def from_config(cls, cfg: "Config", **kwargs) -> "GFLCriterion":
+        """Build from a :class:`locdistill.config.Config` (``model.*`` and ``loss.*``);
+        ``kwargs`` override or add constructor arguments (e.g. the LD weights)."""
+        head, loss = cfg.model.head, cfg.loss
+        args = dict(
+            num_classes=cfg.model.num_classes,
+            reg_max=head.reg_max,
+            strides=tuple(head.strides),
+            octave_base_scale=head.octave_base_scale,
+            topk=loss.topk,
+            beta=loss.qfl_beta,
+            loss_cls_weight=loss.loss_cls_weight,
+            loss_bbox_weight=loss.loss_bbox_weight,
+            loss_dfl_weight=loss.loss_dfl_weight,
+        )
+        # distillation fields, if this config version has them
+        for name in ("loss_ld_weight", "loss_ld_vlr_weight", "loss_kd_weight", "ld_temperature",
+                     "kd_temperature", "ld_reduction", "vlr_overlap"):
+            if hasattr(loss, name):
+                args[name] = getattr(loss, name)
+        args.update(kwargs)
+        return cls(**args)
+
+    def __repr__(self) -> str:
+        return (f"GFLCriterion(num_classes={self.num_classes}, reg_max={self.reg_max}, "
+                f"strides={self.strides}, topk={self.assigner.topk})")
+
+    # ------------------------------------------------------------------------------
+    # inputs
+
+    def _flatten(self, outputs: Mapping[str, Sequence[Tensor]], who: str) -> tuple[Tensor, Tensor, list]:
+        """Per-level head outputs → ``[B, A, C]`` and ``[B, A, 4, n+1]`` float32."""
+        try:
+            cls_levels, box_levels = outputs["cls_logits"], outputs["box_logits"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{who} outputs must be a dict with 'cls_logits' and 'box_logits' lists") from None
+        if len(cls_levels) != len(self.strides) or len(box_levels) != len(self.strides):
+            raise ValueError(
+                f"{who} outputs have {len(cls_levels)} class / {len(box_levels)} box levels; the criterion "
+                f"has strides {self.strides}"
+            )
+        n1 = self.reg_max + 1
+        sizes, cls_flat, box_flat = [], [], []
+        for lvl, (c, b) in enumerate(zip(cls_levels, box_levels)):
+            if c.dim() != 4 or b.dim() != 4 or c.shape[-2:] != b.shape[-2:] or c.shape[0] != b.shape[0]:
+                raise ValueError(f"{who} level {lvl}: expected [B,C,H,W] maps of equal B, H, W, got "
+                                 f"{tuple(c.shape)} and {tuple(b.shape)}")
+            if b.shape[1] != 4 * n1:
+                raise ValueError(f"{who} level {lvl}: box logits have {b.shape[1]} channels, expected "
+                                 f"4*(reg_max+1) = {4 * n1} (reg_max={self.reg_max})")
+            B, C, H, W = c.shape
+            sizes.append((H, W))
+            cls_flat.append(c.float().permute(0, 2, 3, 1).reshape(B, H * W, C))
+            box_flat.append(b.float().permute(0, 2, 3, 1).reshape(B, H * W, 4, n1))
+        return torch.cat(cls_flat, 1), torch.cat(box_flat, 1), sizes
+
+    def _priors(self, sizes: list, device: torch.device) -> tuple[Tensor, Tensor, Tensor, list]:
+        key = (tuple(sizes), str(device))
+        if key not in self._prior_cache:
+            levels = grid_priors(sizes, self.strides, self.octave_base_scale, device=device)
+            counts = [lv.shape[0] for lv in levels]
+            strides = torch.cat([torch.full((n,), float(s), device=device) for n, s in zip(counts, self.strides)])
+            level_ids = torch.cat([torch.full((n,), i, dtype=torch.long, device=device) for i, n in enumerate(counts)])
+            self._prior_cache[key] = (torch.cat(levels), strides, level_ids, counts)
+        return self._prior_cache[key]
+
+    @staticmethod
+    def _pad_targets(targets: Sequence[Mapping[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """GT lists → ``[B, K, 4]`` boxes, ``[B, K]`` labels, ``[B, K]`` mask (``K >= 1``)."""
+        B = len(targets)
+        counts = []
+        for i, t in enumerate(targets):
+            if "boxes" not in t or "labels" not in t:
+                raise ValueError(f"target {i} must have 'boxes' [K,4] and 'labels' [K]")
+            boxes, labels = t["boxes"], t["labels"]
+            if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
+                raise ValueError(f"target {i}: boxes must be [K,4] and labels [K], got {tuple(boxes.shape)} and "
+                                 f"{tuple(labels.shape)}")
+            counts.append(boxes.shape[0])
+        K = max(counts + [1])
+        gt_boxes = torch.zeros(B, K, 4, device=device)
+        gt_labels = torch.zeros(B, K, dtype=torch.long, device=device)
+        for i, (t, k) in enumerate(zip(targets, counts)):
+            if k:
+                gt_boxes[i, :k] = t["boxes"].to(device=device, dtype=torch.float32)
+                gt_labels[i, :k] = t["labels"].to(device=device, dtype=torch.long)
+        gt_mask = torch.arange(K, device=device)[None, :] < torch.tensor(counts, device=device)[:, None]
+        return gt_boxes, gt_labels, gt_mask
+
+    # ------------------------------------------------------------------------------
+    # targets
+
+    def get_targets(
+        self,
+        outputs: Mapping[str, Sequence[Tensor]],
+        targets: Sequence[Mapping[str, Tensor]],
+        image_sizes: Optional[Union[Sequence[Sequence[int]], Tensor]] = None,
+    ) -> GFLTargets:
+        """Assign anchors to GTs and build every per-anchor target of the batch.
+
+        Args:
+            outputs: student head outputs (see :meth:`__call__`).
+            targets: one ``{"boxes": [K,4], "labels": [K]}`` per image.
+            image_sizes: per image ``(h, w)`` of its padded-to-32 extent; anchors outside
+                get label weight 0 and are never assigned. None = the batch extent.
+        """
+        cls_logits, box_logits, sizes = self._flatten(outputs, "student")
+        B, A, C = cls_logits.shape
+        if C != self.num_classes:
+            raise ValueError(f"class logits have {C} channels but the criterion has num_classes={self.num_classes}")
+        if len(targets) != B:
+            raise ValueError(f"{len(targets)} targets for a batch of {B} images")
+        device = cls_logits.device
+        anchors, strides, level_ids, counts = self._priors(sizes, device)
+        if image_sizes is None:
+            valid = torch.ones(B, A, dtype=torch.bool, device=device)
+        else:
+            if len(image_sizes) != B:
+                raise ValueError(f"{len(image_sizes)} image_sizes for a batch of {B} images")
+            valid = valid_flags_batch(sizes, self.strides, image_sizes, device=device)
+
+        gt_boxes, gt_labels, gt_mask = self._pad_targets(targets, device)
+        assign = self.assigner.assign(anchors, counts, gt_boxes, gt_mask, valid)
+        pos = assign.gt_inds >= 0  # [B, A]
+        slot = assign.gt_inds.clamp(min=0)
+        labels = torch.where(pos, gt_labels.gather(1, slot), torch.full_like(slot, self.num_classes))
+        assigned = torch.where(
+            pos[..., None], gt_boxes.gather(1, slot[..., None].expand(B, A, 4)), anchors.expand(B, A, 4)
+        )
+        num_pos = pos.sum(1)
+        avg_factor = reduce_mean(num_pos.clamp(min=1).sum().float())
+
+        weight_targets = torch.where(pos, cls_logits.detach().sigmoid().amax(-1), torch.zeros((), device=device))
+        project = torch.linspace(0, self.reg_max, self.reg_max + 1, device=device)
+        distances = F.linear(box_logits.softmax(-1), project[None]).squeeze(-1)  # [B, A, 4]
+        centers = box_centers(anchors) / strides[:, None]  # [A, 2]
+        pred_boxes = distance2bbox(centers, distances)
+        target_boxes = assigned / strides[:, None]
+        scores = bbox_overlaps(pred_boxes.detach(), target_boxes, is_aligned=True)
+        scores = torch.where(pos, scores, torch.zeros((), device=device))
+        return GFLTargets(
+            anchors=anchors, strides=strides, level_ids=level_ids, num_level_anchors=counts, centers=centers,
+            valid=valid, labels=labels, label_weights=valid.float(), pos_mask=pos, gt_inds=assign.gt_inds,
+            assigned_boxes=assigned, num_pos=num_pos, avg_factor=avg_factor, weight_targets=weight_targets,
+            cls_logits=cls_logits, box_logits=box_logits, pred_boxes=pred_boxes, target_boxes=target_boxes,
+            scores=scores, gt_boxes=gt_boxes, gt_mask=gt_mask, assign=assign,
+        )
+
+    # ------------------------------------------------------------------------------
+    # losses
+
+    def gfl_losses(self, t: GFLTargets) -> dict[str, Tensor]:
+        """QFL, GIoU and DFL (mmdet ``GFLHead.loss_by_feat``) from :meth:`get_targets`' output."""
+        qfl = quality_focal_loss(t.cls_logits, t.labels, t.scores, beta=self.beta)  # [B, A]
+        loss_cls = self.loss_cls_weight * ((qfl * t.label_weights).sum() / (t.avg_factor + EPS))
+
+        w = t.weight_targets
+        norm = reduce_mean(w.sum()).clamp(min=1)
+        giou = giou_loss(t.pred_boxes, t.target_boxes, eps=1e-6)  # [B, A]
+        loss_bbox = self.loss_bbox_weight * ((giou * w).sum() / (1 + EPS)) / norm
+        dfl_target = bbox2distance(t.centers, t.target_boxes, max_dis=self.reg_max, eps=0.1)  # [B, A, 4]
+        dfl = distribution_focal_loss(t.box_logits, dfl_target)  # [B, A, 4]
+        loss_dfl = self.loss_dfl_weight * ((dfl * w[..., None]).sum() / (4 + EPS)) / norm
+        return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_dfl": loss_dfl}
+
+    def vlr_weights(self, t: GFLTargets) -> Tensor:
+        """VLR weight ``[B, A]``: max IoU over the GTs g with ``0.25·thr_g <= DIoU(anchor, g) < thr_g``
+        (all valid anchors of every level, no centre test); 0 outside the region."""
+        diou = bbox_diou(t.anchors, t.gt_boxes, overlap_mode=self.vlr_overlap)  # [B, A, K]
+        thr = t.assign.thresholds[:, None, :]  # [B, 1, K]
+        region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
+        return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
+
+    def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]]) -> dict[str, Tensor]:
+        """LD on the main region, LD on the VLR and class KD (DESIGN §5)."""
+        t_cls, t_box, _ = self._flatten(teacher_outputs, "teacher")
+        if t_box.shape != t.box_logits.shape:
+            raise ValueError(
+                f"teacher box logits {tuple(t_box.shape)} do not match the student's {tuple(t.box_logits.shape)}: "
+                "teacher and student need the same levels, feature sizes and reg_max"
+            )
+        B = t.box_logits.shape[0]
+        scale = 3.0 / B if self.ld_reduction == "per_image" else 1.0
+        losses = {}
+        if self.loss_ld_weight or self.loss_ld_vlr_weight:
+            ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
+            if self.loss_ld_weight:
+                main = (ld * t.weight_targets).sum() / (4 + EPS)
+                losses["loss_ld"] = self.loss_ld_weight * scale * main
+            if self.loss_ld_vlr_weight:
+                vlr = (ld * self.vlr_weights(t)).sum() / (16 + EPS)
+                losses["loss_ld_vlr"] = self.loss_ld_vlr_weight * scale * vlr
+        if self.loss_kd_weight:
+            if t_cls.shape != t.cls_logits.shape:
+                raise ValueError(
+                    f"teacher class logits {tuple(t_cls.shape)} do not match the student's "
+                    f"{tuple(t.cls_logits.shape)}: class KD needs the same number of classes"
+                )
+            kd = kd_kl_loss(t.cls_logits, t_cls, self.kd_temperature) * t.label_weights  # [B, A]
+            pos = t.pos_mask.float()
+            # divided by the positive count of each level (over the batch), as in the LD code
+            num_levels = len(t.num_level_anchors)
+            level_pos = torch.zeros(num_levels, device=pos.device).index_add_(0, t.level_ids, pos.sum(0))
+            losses["loss_kd"] = self.loss_kd_weight * (kd * pos / (level_pos + EPS)[t.level_ids]).sum()
+        return losses
+
+    def __call__(
+        self,
+        outputs: Mapping[str, Sequence[Tensor]],
+        targets: Sequence[Mapping[str, Tensor]],
+        teacher_outputs: Optional[Mapping[str, Sequence[Tensor]]] = None,
+        image_sizes: Optional[Union[Sequence[Sequence[int]], Tensor]] = None,
+    ) -> dict[str, Tensor]:
+        """Weighted scalar losses of a batch.
+
+        Args:
+            outputs: ``{"cls_logits": [B,C,H,W] per level, "box_logits": [B,4(n+1),H,W] per level}``.
+            targets: per image ``{"boxes": [K,4] xyxy pixels, "labels": [K] int64 in 0..C-1}``.
+            teacher_outputs: same layout from the teacher (box logits post-``Scale``); adds
+                ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``.
+            image_sizes: per image ``(h, w)`` padded extent; None = the whole batch extent.
+
+        Returns:
+            ``{"loss_cls", "loss_bbox", "loss_dfl"}`` (+ distillation keys), float32 scalars.
+        """
+        device_type = outputs["cls_logits"][0].device.type if "cls_logits" in outputs else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            t = self.get_targets(outputs, targets, image_sizes)
+            losses = self.gfl_losses(t)
+            if teacher_outputs is not None:
+                losses.update(self.distill_losses(t, teacher_outputs))
+        return losses

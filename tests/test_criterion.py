@@ -1,0 +1,243 @@
+"""GFLCriterion against a slow loop reference (DESIGN §4/§5), plus edge cases."""
+import pytest
+import torch
+
+from locdistill.config import Config
+from locdistill.models.criterion import GFLCriterion, reduce_mean
+from slow_reference import load_vectors, slow_criterion
+
+SIZES = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # a 128x128 batch
+STRIDES = (8, 16, 32, 64, 128)
+C = 4
+N1 = 17
+
+
+def make_outputs(B, seed, requires_grad=True):
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "cls_logits": [torch.randn(B, C, h, w, generator=g) - 2 for h, w in SIZES],
+        "box_logits": [torch.randn(B, 4 * N1, h, w, generator=g) * 2 for h, w in SIZES],
+    }
+    if requires_grad:
+        out = {k: [x.requires_grad_() for x in v] for k, v in out.items()}
+    return out
+
+
+def make_targets(seed):
+    g = torch.Generator().manual_seed(seed)
+    targets = []
+    for k in (3, 0, 5):
+        xy = torch.rand(k, 2, generator=g) * 80
+        wh = torch.rand(k, 2, generator=g) * 60 + 10
+        targets.append({"boxes": torch.cat([xy, (xy + wh).clamp(max=127)], 1),
+                        "labels": torch.randint(0, C, (k,), generator=g)})
+    return targets
+
+
+def teacher_of(outputs, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {k: [x.detach() + torch.randn(x.shape, generator=g) for x in v] for k, v in outputs.items()}
+
+
+def close(ours, ref, keys):
+    for k in keys:
+        assert ours[k].item() == pytest.approx(ref[k], rel=2e-5, abs=1e-6), k
+
+
+@pytest.mark.parametrize("image_sizes", [None, [(128, 128), (64, 128), (96, 64)]])
+def test_gfl_losses_match_slow_reference(image_sizes):
+    outputs, targets = make_outputs(3, 0), make_targets(0)
+    ours = GFLCriterion(C)(outputs, targets, image_sizes=image_sizes)
+    ref = slow_criterion(outputs, targets, STRIDES, C, image_sizes=image_sizes)
+    assert set(ours) == {"loss_cls", "loss_bbox", "loss_dfl"}
+    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in ours.values())
+    assert ref["loss_bbox"] > 0
+    close(ours, ref, ["loss_cls", "loss_bbox", "loss_dfl"])
+
+
+@pytest.mark.parametrize("vlr_overlap", ["iou", "iof"])
+def test_distill_losses_match_slow_reference(vlr_overlap):
+    outputs, targets = make_outputs(3, 1), make_targets(1)
+    teacher = teacher_of(outputs, 1)
+    sizes = [(128, 128), (128, 96), (64, 64)]
+    ours = GFLCriterion(C, vlr_overlap=vlr_overlap)(outputs, targets, teacher, image_sizes=sizes)
+    ref = slow_criterion(outputs, targets, STRIDES, C, image_sizes=sizes, teacher=teacher,
+                         vlr_iof=vlr_overlap == "iof")
+    assert set(ours) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"}
+    assert ref["loss_ld_vlr"] > 0 and ref["loss_kd"] > 0
+    close(ours, ref, list(ref))
+
+
+def test_ld_options():
+    outputs, targets = make_outputs(3, 2), make_targets(2)
+    teacher = teacher_of(outputs, 2)
+    base = GFLCriterion(C)(outputs, targets, teacher)
+    per_image = GFLCriterion(C, ld_reduction="per_image")(outputs, targets, teacher)
+    for k in ("loss_ld", "loss_ld_vlr"):
+        torch.testing.assert_close(per_image[k], base[k] * 3 / 3)  # 3 images: same magnitude
+    two = {k: [x[:2] for x in v] for k, v in outputs.items()}
+    t2 = {k: [x[:2] for x in v] for k, v in teacher.items()}
+    s2 = GFLCriterion(C)(two, targets[:2], t2)
+    p2 = GFLCriterion(C, ld_reduction="per_image")(two, targets[:2], t2)
+    torch.testing.assert_close(p2["loss_ld"], s2["loss_ld"] * 1.5)
+    only_ld = GFLCriterion(C, loss_ld_vlr_weight=0, loss_kd_weight=0)(outputs, targets, teacher)
+    assert set(only_ld) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld"}
+    # a teacher identical to the student gives no distillation signal
+    same = GFLCriterion(C)(outputs, targets, {k: [x.detach() for x in v] for k, v in outputs.items()})
+    for k in ("loss_ld", "loss_ld_vlr", "loss_kd"):
+        assert abs(same[k].item()) < 1e-4
+
+
+def test_empty_gt_everywhere():
+    outputs = make_outputs(2, 3)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
+    crit = GFLCriterion(C)
+    losses = crit(outputs, empty, teacher_of(outputs, 3))
+    assert losses["loss_cls"] > 0
+    for k in ("loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"):
+        assert losses[k].item() == 0.0 and losses[k].requires_grad, k
+    sum(losses.values()).backward()
+    assert all(x.grad is not None and torch.isfinite(x.grad).all() for x in outputs["cls_logits"])
+    assert all(x.grad is not None and (x.grad == 0).all() for x in outputs["box_logits"])
+    ref = slow_criterion(outputs, empty, STRIDES, C)
+    close(losses, ref, ["loss_cls"])
+
+
+def test_invariant_to_image_order():
+    outputs, targets = make_outputs(3, 4, requires_grad=False), make_targets(4)
+    teacher = teacher_of(outputs, 4)
+    sizes = [(128, 128), (64, 128), (96, 64)]
+    perm = [2, 0, 1]
+    a = GFLCriterion(C)(outputs, targets, teacher, image_sizes=sizes)
+    b = GFLCriterion(C)({k: [x[perm] for x in v] for k, v in outputs.items()}, [targets[i] for i in perm],
+                        {k: [x[perm] for x in v] for k, v in teacher.items()}, image_sizes=[sizes[i] for i in perm])
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+
+
+def test_gradients_flow_only_through_positives_for_box_losses():
+    outputs, targets = make_outputs(3, 5), make_targets(5)
+    crit = GFLCriterion(C)
+    t = crit.get_targets(outputs, targets)
+    losses = crit.gfl_losses(t)
+    (losses["loss_bbox"] + losses["loss_dfl"]).backward()
+    grad = torch.cat([x.grad.permute(0, 2, 3, 1).reshape(3, -1, 4 * N1) for x in outputs["box_logits"]], 1)
+    per_anchor = grad.abs().sum(-1)
+    assert (per_anchor[t.pos_mask] > 0).all()
+    assert (per_anchor[~t.pos_mask] == 0).all()
+    assert all(x.grad is None for x in outputs["cls_logits"])  # w_p is detached
+    losses = crit(make_outputs(3, 5), targets)
+    losses["loss_cls"].backward()
+
+
+def test_targets_structure():
+    outputs, targets = make_outputs(3, 6), make_targets(6)
+    t = GFLCriterion(C).get_targets(outputs, targets, image_sizes=[(128, 128), (64, 64), (128, 128)])
+    A = sum(h * w for h, w in SIZES)
+    assert t.anchors.shape == (A, 4) and t.labels.shape == (3, A) and t.box_logits.shape == (3, A, 4, N1)
+    assert t.num_pos.tolist() == t.pos_mask.sum(1).tolist()
+    assert t.avg_factor.item() == sum(max(n, 1) for n in t.num_pos.tolist())
+    assert (t.labels[~t.pos_mask] == C).all() and (t.labels[t.pos_mask] < C).all()
+    assert (t.label_weights[1] == t.valid[1].float()).all() and not t.valid[1].all()
+    assert (t.weight_targets[~t.pos_mask] == 0).all() and (t.scores[~t.pos_mask] == 0).all()
+    assert t.assign.thresholds.shape == (3, 5)
+
+
+def test_outside_anchors_are_ignored():
+    outputs, targets = make_outputs(3, 7, requires_grad=False), make_targets(7)
+    sizes = [(128, 128), (64, 64), (32, 96)]
+    crit = GFLCriterion(C)
+    a = crit(outputs, targets, image_sizes=sizes)
+    t = crit.get_targets(outputs, targets, image_sizes=sizes)
+    # blow up the class logits of anchors outside each image: nothing may change
+    offset, changed = 0, {"cls_logits": [], "box_logits": outputs["box_logits"]}
+    for x, (h, w) in zip(outputs["cls_logits"], SIZES):
+        inval = ~t.valid[:, offset:offset + h * w].reshape(3, 1, h, w)
+        changed["cls_logits"].append(torch.where(inval, torch.full_like(x, 30.0), x))
+        offset += h * w
+    b = crit(changed, targets, image_sizes=sizes)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+    assert crit(changed, targets)["loss_cls"] > 10 * a["loss_cls"]  # without sizes they count
+
+
+def test_integral_decoding_matches_mmdet():
+    r = load_vectors()["integral"]
+    logits = torch.tensor(r["logits"])  # [3, 68]
+    crit = GFLCriterion(2, strides=(8,))
+    outputs = {"cls_logits": [torch.zeros(1, 2, 1, 3)], "box_logits": [logits.t().reshape(1, 68, 1, 3)]}
+    t = crit.get_targets(outputs, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    dist = torch.cat([t.centers - t.pred_boxes[0, :, :2], t.pred_boxes[0, :, 2:] - t.centers], 1)
+    torch.testing.assert_close(dist, torch.tensor(r["out"]), rtol=1e-5, atol=2e-6)
+
+
+def test_from_config():
+    cfg = Config()
+    cfg.model.num_classes = 7
+    cfg.model.head.reg_max = 8
+    cfg.loss.loss_bbox_weight = 3.0
+    cfg.loss.topk = 5
+    crit = GFLCriterion.from_config(cfg)
+    assert (crit.num_classes, crit.reg_max, crit.loss_bbox_weight, crit.assigner.topk) == (7, 8, 3.0, 5)
+    assert GFLCriterion.from_config(cfg, loss_kd_weight=0.0).loss_kd_weight == 0.0
+
+
+def test_autocast_keeps_float32():
+    outputs, targets = make_outputs(3, 8, requires_grad=False), make_targets(8)
+    ref = GFLCriterion(C)(outputs, targets)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = {k: [x.bfloat16().float() if False else x.bfloat16() for x in v] for k, v in outputs.items()}
+        out = GFLCriterion(C)(half, targets)
+    for k in ref:
+        assert out[k].dtype == torch.float32
+        assert out[k].item() == pytest.approx(ref[k].item(), rel=0.05)
+
+
+def test_input_errors():
+    crit = GFLCriterion(C)
+    outputs, targets = make_outputs(3, 9, requires_grad=False), make_targets(9)
+    with pytest.raises(ValueError, match="num_classes"):
+        GFLCriterion(C + 1)(outputs, targets)
+    with pytest.raises(ValueError, match="box levels"):
+        crit({"cls_logits": outputs["cls_logits"][:4], "box_logits": outputs["box_logits"][:4]}, targets)
+    with pytest.raises(ValueError, match="reg_max"):
+        GFLCriterion(C, reg_max=7)(outputs, targets)
+    with pytest.raises(ValueError, match="targets"):
+        crit(outputs, targets[:2])
+    with pytest.raises(ValueError, match="boxes"):
+        crit(outputs, [{"boxes": torch.zeros(4), "labels": torch.zeros(1)}] * 3)
+    with pytest.raises(ValueError, match="teacher"):
+        crit(outputs, targets, {k: [x[:, :, :1] for x in v] for k, v in outputs.items()})
+    with pytest.raises(ValueError, match="ld_reduction"):
+        GFLCriterion(C, ld_reduction="mean")
+
+
+def test_reduce_mean_single_process_group(tmp_path):
+    import torch.distributed as dist
+
+    x = torch.tensor(3.5)
+    assert reduce_mean(x) is x  # not initialised: identity
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        assert reduce_mean(x).item() == 3.5
+        outputs, targets = make_outputs(3, 10, requires_grad=False), make_targets(10)
+        ref = slow_criterion(outputs, targets, STRIDES, C)
+        close(GFLCriterion(C)(outputs, targets), ref, list(ref))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_no_host_sync_on_cuda():
+    outputs = {k: [x.cuda() for x in v] for k, v in make_outputs(3, 11).items()}
+    targets = [{k: v.cuda() for k, v in t.items()} for t in make_targets(11)]
+    teacher = teacher_of(outputs, 11)
+    crit = GFLCriterion(C)
+    crit(outputs, targets, teacher, image_sizes=[(128, 128), (64, 128), (96, 64)])  # warm caches
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = crit(outputs, targets, teacher, image_sizes=[(128, 128), (64, 128), (96, 64)])
+        sum(losses.values()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
