@@ -6,7 +6,8 @@ post-processing (top-k, decode, NMS) included. torchvision's FCOS resizes inputs
 min 800 / max 1333; an 800×1333 image is kept at that size by it (scale 1.0) and
 padded to 800×1344, which is also what our pipeline feeds GFL. For another --size the
 FCOS transform is set to keep that size too. Measurements alternate between the two
-models (median of --iters) so load from other processes hits both alike.
+models, each going first every other iteration (median of --iters), so load from
+other processes hits both alike.
 
     python benchmarks/bench_inference.py --iters 5 --threads 2 --size 800x1333
 
@@ -43,7 +44,7 @@ def parse_size(text: str) -> tuple[int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iters", type=int, default=5, help="timed iterations per model (median reported)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed iterations per model first")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed iterations per model first")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     ap.add_argument("--size", default="800x1333", help="image HxW (default 800x1333)")
     ap.add_argument("--dense-scores", action="store_true", help="zero the class biases: stress post-processing")
@@ -82,17 +83,19 @@ def main() -> None:
     counts = {}
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
-            for name, fn in (("gfl", run_gfl), ("fcos", run_fcos)):
+            pair = (("gfl", run_gfl), ("fcos", run_fcos))
+            for name, fn in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first
                 t = time.perf_counter()
                 counts[name] = fn()
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - t)
     ours, theirs = statistics.median(times["gfl"]), statistics.median(times["fcos"])
+    best = min(times["gfl"]) / min(times["fcos"])
     pp = statistics.median(pp_times[args.warmup:])
     cmd = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
     print(f"# {cmd}")
     print(f"# torch {torch.__version__}, threads {args.threads}, detections: gfl {counts['gfl']}, fcos {counts['fcos']}; "
-          f"gfl post-processing {pp * 1e3:.1f} ms (median)")
+          f"gfl post-processing {pp * 1e3:.1f} ms (median); ratio of the fastest runs {best:.2f}")
     print("| input | threads | scores | GFL R-50 (ms) | FCOS R-50 (ms) | ratio GFL/FCOS |")
     print("|---|---|---|---|---|---|")
     print(f"| {h}x{w} | {args.threads} | {'dense' if args.dense_scores else 'random init'} | "

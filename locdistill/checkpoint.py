@@ -8,12 +8,22 @@ Layout written by locdistill::
 Files are written to a temporary file in the same folder and renamed, so a crash
 never leaves a truncated checkpoint. Loading uses ``torch.load(weights_only=True)``:
 a checkpoint can never execute code. mmdetection files (``{"meta", "state_dict"}``)
-load through the same path.
+load through the same path. Files from mmdetection / the LD code whose metadata holds
+numpy values or mmcv/mmengine objects (which ``weights_only`` refuses) are read again
+by :func:`restricted_load`: an unpickler that resolves only a short list of globals
+(tensor rebuilding, ``OrderedDict``, numpy arrays/scalars/dtypes, a few builtins),
+turns classes of ``mmcv`` / ``mmengine`` / ``mmdet`` / ``addict`` into inert
+:class:`UnloadedObject` stand-ins without importing them, and refuses anything else:
+it never imports a module the file names and never calls a function outside its list.
 """
 from __future__ import annotations
 
+import _codecs
+import collections
 import os
+import pickle
 import tempfile
+import types
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping
@@ -80,25 +90,184 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint file safely (``weights_only=True``); errors name the file."""
+    """Read a checkpoint file safely; errors name the file.
+
+    ``torch.load(weights_only=True)`` first; a file it refuses only because of pickled
+    metadata objects (numpy values, mmcv ``ConfigDict``...) is read by
+    :func:`restricted_load`, which still refuses anything that could run code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle with code, truncated zip, not a checkpoint...
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Unsupported global" in str(e) or "GLOBAL" in str(e):
-            raise CheckpointError(
-                f"checkpoint {path} contains pickled Python objects that a safe load refuses "
-                f"({msg}); if it is an mmdetection / LD-repo file, convert it with "
-                f"`locdistill import-mmdet {path} OUT.pth`"
-            ) from e
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {msg}); "
-                              "the file may be truncated or not a PyTorch checkpoint") from e
+        text = str(e)
+        if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
+            obj = restricted_load(path, map_location)
+        else:
+            msg = text.splitlines()[0] if text else type(e).__name__
+            raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {msg}); "
+                                  "the file may be truncated or not a PyTorch checkpoint") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+# ----------------------------------------------------------------------------------
+# restricted unpickling of third-party checkpoints
+
+
+class UnloadedObject(dict):
+    """Inert stand-in for a pickled object whose class the restricted loader does not import.
+
+    Used for classes of ``mmcv`` / ``mmengine`` / ``mmdet`` / ``addict`` found in the
+    metadata of mmdetection / LD-repo checkpoints (``ConfigDict``, ``HistoryBuffer``...).
+    It keeps what the pickle carried as plain data: dict items (it is a ``dict``),
+    ``args`` (constructor arguments), ``items`` (appended list items) and ``state``;
+    it has no behaviour. ``pickled_name`` is the original ``module.Class``.
+    """
+
+    pickled_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args, obj.kwargs, obj.items_appended, obj.state = args, kwargs, [], None
+        return obj
+
+    def __init__(self, *args, **kwargs):  # never runs the original constructor
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def append(self, item):
+        self.items_appended.append(item)
+
+    def extend(self, items):
+        self.items_appended.extend(items)
+
+    def __repr__(self) -> str:
+        return f"<unloaded {self.pickled_name}>"
+
+    def __reduce__(self):  # never re-pickled as something executable
+        raise pickle.PicklingError(f"{self!r} is a stand-in of the restricted loader and cannot be saved")
+
+
+# modules whose classes may appear in checkpoint metadata; mapped to UnloadedObject, never imported
+_STAND_IN_ROOTS = ("mmcv", "mmengine", "mmdet", "addict")
+_stand_in_types: dict[str, type] = {}
+
+
+def _stand_in(module: str, name: str) -> type:
+    full = f"{module}.{name}"
+    if full not in _stand_in_types:
+        _stand_in_types[full] = type(name, (UnloadedObject,), {"pickled_name": full, "__module__": __name__})
+    return _stand_in_types[full]
+
+
+def _allowed_global(module: str, name: str):
+    """The object a pickle may reference as ``module.name``, or None if it is not allowed."""
+    import torch._utils as tu
+
+    if module in ("builtins", "__builtin__"):
+        return {"set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray}.get(name)
+    if (module, name) == ("collections", "OrderedDict"):
+        return collections.OrderedDict
+    if (module, name) == ("_codecs", "encode"):  # how protocol 2 stores bytes
+        return _codecs.encode
+    if module == "torch._utils" and name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_tensor_v3",
+                                             "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        return getattr(tu, name)
+    if module == "torch":
+        if name in ("Size", "device"):
+            return getattr(torch, name)
+        value = getattr(torch, name, None)
+        return value if isinstance(value, torch.dtype) else None
+    if (module, name) == ("torch.torch_version", "TorchVersion"):
+        return str
+    if module in ("numpy", "numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            import numpy as np
+        except ImportError:  # pragma: no cover - numpy is a torch dependency in practice
+            return None
+        if module == "numpy":
+            return {"ndarray": np.ndarray, "dtype": np.dtype}.get(name)
+        # the functions numpy's own pickles call, taken from numpy rather than imported by name
+        return {"_reconstruct": np.empty(0).__reduce__()[0], "scalar": np.float64(0).__reduce__()[0]}.get(name)
+    return None
+
+
+def _build_targets() -> tuple[type, ...]:
+    targets: tuple[type, ...] = (torch.Tensor, collections.OrderedDict, UnloadedObject)
+    try:
+        import numpy as np
+
+        targets += (np.ndarray, np.dtype, np.generic)
+    except ImportError:  # pragma: no cover
+        pass
+    return targets
+
+
+class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler, so BUILD can be checked too
+    """Unpickler that resolves only :func:`_allowed_global` names and stand-ins.
+
+    Any other global (``os.system``, ``builtins.eval``, ``subprocess.Popen``...) raises
+    :class:`pickle.UnpicklingError` before anything is imported or called; ``BUILD``
+    (setting an object's state) is allowed only on tensors, ``OrderedDict``, numpy
+    values and stand-ins, so a pickle cannot patch a function or class either.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def find_class(self, module: str, name: str):
+        value = _allowed_global(module, name)
+        if value is not None:
+            return value
+        if module.split(".")[0] in _STAND_IN_ROOTS:
+            return _stand_in(module, name)
+        raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
+
+    def load_build(self):
+        inst = self.stack[-2]  # stack[-1] is the state BUILD will apply to it
+        if not isinstance(inst, _build_targets()) or isinstance(inst, type):
+            raise pickle.UnpicklingError(f"setting the state of a {type(inst).__name__} is not allowed")
+        super().load_build()
+
+    dispatch[pickle.BUILD[0]] = load_build
+
+
+def _restricted_pickle_load(file, **kwargs):
+    return RestrictedUnpickler(file, **kwargs).load()
+
+
+# what torch.load needs of a pickle module: an Unpickler class and a load function
+restricted_pickle_module = types.SimpleNamespace(
+    __name__="locdistill_restricted_pickle", Unpickler=RestrictedUnpickler, load=_restricted_pickle_load)
+
+
+def restricted_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Load a third-party checkpoint whose metadata ``weights_only`` refuses, without running code.
+
+    Raises :class:`CheckpointError` (naming the file and the refused global) when the
+    pickle references anything outside the allow-list.
+    """
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False,
+                          pickle_module=restricted_pickle_module)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} contains pickled Python objects that a safe load refuses ({e}): it could run "
+            "code when loaded. Only tensors, numpy values and mmcv/mmengine metadata are read. If you trust "
+            "the file, load it in the environment that wrote it and save only its state_dict "
+            "(torch.save({'state_dict': ckpt['state_dict']}, 'clean.pth')), then run "
+            "`locdistill convert clean.pth OUT.pth`"
+        ) from e
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {msg}); "
+                              "the file may be truncated or not a PyTorch checkpoint") from e
 
 
 def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -91,6 +91,15 @@ def cmd_test(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .tools.convert import convert_checkpoint
+
+    result = convert_checkpoint(args.input, args.output)
+    for line in result.summary():
+        print(line)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .tools.demo import run_demo
 
@@ -132,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--metrics-out", help="write the metrics JSON here (default: next to --out)")
     _add_set(s)
     s.set_defaults(func=cmd_test)
+
+    s = sub.add_parser("convert", help="strip teacher weights and training state, publish as OUT-<sha256>.pth",
+                       description="Read a locdistill, mmdetection or LD-repo checkpoint, remove teacher weights "
+                                   "(teacher*, bbox_head.teacher_models.*), optimizer/scheduler/scaler state and "
+                                   "metadata that is not plain data, and write OUT-<sha256[:8]>.pth.")
+    s.add_argument("input", metavar="IN", help="checkpoint to convert")
+    s.add_argument("output", metavar="OUT", help="output path; the hash is inserted before .pth")
+    s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("configs", help="list the shipped configs")
     s.set_defaults(func=cmd_configs)

@@ -93,9 +93,17 @@ def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int
         raise ConfigError("distillation needs both distill.teacher_config and distill.teacher_checkpoint "
                           "(e.g. --set distill.teacher_config=gfl/gfl_r101_fpn_mstrain_2x_coco "
                           "distill.teacher_checkpoint=teacher.pth)")
-    tcfg = load_config(teacher_config)
+    from pathlib import Path
+
+    tcfg = load_config(teacher_config)  # an LD config works too: only its `model` section is used
+    if not Path(teacher_checkpoint).is_file():
+        raise ConfigError(
+            f"teacher checkpoint {teacher_checkpoint} does not exist (distill.teacher_checkpoint); download or "
+            "train the teacher first, or pass --set distill.teacher_checkpoint=PATH (see docs/distillation.md)")
     ckpt = load_checkpoint(teacher_checkpoint)
-    classes = (ckpt.get("meta") or {}).get("classes") or (ckpt.get("meta") or {}).get("CLASSES")
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    # locdistill / mmdetection 2.x / mmengine spell the class list differently
+    classes = meta.get("classes") or meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
     if classes:
         tcfg.model.num_classes = len(classes)
     elif num_classes is not None:

@@ -131,8 +131,10 @@ def kd_kl_loss(
         )
     if class_reduction not in ("mean", "sum"):
         raise ValueError(f"class_reduction must be 'mean' or 'sum', got {class_reduction!r}")
-    target = F.softmax(teacher_logits.detach().float() / T, dim=-1)
-    kl = F.kl_div(F.log_softmax(student_logits.float() / T, dim=-1), target, reduction="none")
+    # the target as log-probabilities: KL is then exactly 0 where student and teacher logits are equal
+    # (softmax followed by log would differ from log_softmax by rounding)
+    target_log = F.log_softmax(teacher_logits.detach().float() / T, dim=-1)
+    kl = F.kl_div(F.log_softmax(student_logits.float() / T, dim=-1), target_log, reduction="none", log_target=True)
     kl = kl.mean(dim=-1) if class_reduction == "mean" else kl.sum(dim=-1)
     return kl * (T * T)
 

@@ -78,11 +78,13 @@ def test_agrees_with_pycocotools_on_random_detections(gt_path):
     for d in dets:
         n = len(d["boxes"])
         boxes = d["boxes"] + torch.from_numpy(rng.normal(0, 4, (n, 4)))
-        extra = torch.from_numpy(rng.uniform(0, 200, (5, 2))).repeat(1, 2) + torch.from_numpy(rng.uniform(2, 90, (5, 4))) * torch.tensor([0, 0, 1, 1])
+        corner = torch.from_numpy(rng.uniform(0, 200, (5, 2)))
+        extra = torch.cat([corner, corner + torch.from_numpy(rng.uniform(2, 90, (5, 2)))], 1)  # false positives
         labels = torch.cat([d["labels"], torch.from_numpy(rng.integers(0, 3, 5))])
         flip = torch.from_numpy(rng.random(len(labels)) < 0.15)
         labels = torch.where(flip, torch.from_numpy(rng.integers(0, 3, len(labels))), labels)
-        noisy.append({"boxes": torch.cat([boxes, extra]), "scores": torch.from_numpy(rng.random(n + 5)), "labels": labels})
+        scores = torch.from_numpy(rng.random(n + 5))
+        noisy.append({"boxes": torch.cat([boxes, extra]), "scores": scores, "labels": labels})
     results = detections_to_coco(noisy, ids, CAT_IDS)
     ours = coco_evaluate(gt_path, results)
     with contextlib.redirect_stdout(io.StringIO()):

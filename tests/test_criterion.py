@@ -36,7 +36,7 @@ def make_targets(seed):
 
 def teacher_of(outputs, seed):
     g = torch.Generator().manual_seed(seed)
-    return {k: [x.detach() + torch.randn(x.shape, generator=g) for x in v] for k, v in outputs.items()}
+    return {k: [x.detach() + torch.randn(x.shape, generator=g).to(x.device) for x in v] for k, v in outputs.items()}
 
 
 def close(ours, ref, keys):
@@ -55,14 +55,14 @@ def test_gfl_losses_match_slow_reference(image_sizes):
     close(ours, ref, ["loss_cls", "loss_bbox", "loss_dfl"])
 
 
-@pytest.mark.parametrize("vlr_overlap", ["iou", "iof"])
-def test_distill_losses_match_slow_reference(vlr_overlap):
+@pytest.mark.parametrize("vlr_iou_mode", ["diou", "iof"])
+def test_distill_losses_match_slow_reference(vlr_iou_mode):
     outputs, targets = make_outputs(3, 1), make_targets(1)
     teacher = teacher_of(outputs, 1)
     sizes = [(128, 128), (128, 96), (64, 64)]
-    ours = GFLCriterion(C, vlr_overlap=vlr_overlap)(outputs, targets, teacher, image_sizes=sizes)
+    ours = GFLCriterion(C, vlr_iou_mode=vlr_iou_mode)(outputs, targets, teacher, image_sizes=sizes)
     ref = slow_criterion(outputs, targets, STRIDES, C, image_sizes=sizes, teacher=teacher,
-                         vlr_iof=vlr_overlap == "iof")
+                         vlr_iof=vlr_iou_mode == "iof")
     assert set(ours) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"}
     assert ref["loss_ld_vlr"] > 0 and ref["loss_kd"] > 0
     close(ours, ref, list(ref))
@@ -74,12 +74,15 @@ def test_ld_options():
     base = GFLCriterion(C)(outputs, targets, teacher)
     per_image = GFLCriterion(C, ld_reduction="per_image")(outputs, targets, teacher)
     for k in ("loss_ld", "loss_ld_vlr"):
-        torch.testing.assert_close(per_image[k], base[k] * 3 / 3)  # 3 images: same magnitude
+        torch.testing.assert_close(per_image[k], base[k])  # 3 images per GPU: the original magnitude
     two = {k: [x[:2] for x in v] for k, v in outputs.items()}
     t2 = {k: [x[:2] for x in v] for k, v in teacher.items()}
     s2 = GFLCriterion(C)(two, targets[:2], t2)
     p2 = GFLCriterion(C, ld_reduction="per_image")(two, targets[:2], t2)
     torch.testing.assert_close(p2["loss_ld"], s2["loss_ld"] * 1.5)
+    other_t = GFLCriterion(C, vlr_temperature=5.0)(outputs, targets, teacher)
+    torch.testing.assert_close(other_t["loss_ld"], base["loss_ld"])
+    assert other_t["loss_ld_vlr"].item() != pytest.approx(base["loss_ld_vlr"].item(), rel=1e-3)
     only_ld = GFLCriterion(C, loss_ld_vlr_weight=0, loss_kd_weight=0)(outputs, targets, teacher)
     assert set(only_ld) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld"}
     # a teacher identical to the student gives no distillation signal
@@ -179,14 +182,20 @@ def test_from_config():
     cfg.loss.topk = 5
     crit = GFLCriterion.from_config(cfg)
     assert (crit.num_classes, crit.reg_max, crit.loss_bbox_weight, crit.assigner.topk) == (7, 8, 3.0, 5)
-    assert GFLCriterion.from_config(cfg, loss_kd_weight=0.0).loss_kd_weight == 0.0
+    assert GFLCriterion.from_config(cfg, loss_kd_weight=0.5).loss_kd_weight == 0.5
+    cfg.distill.vlr_weight, cfg.distill.kd_weight, cfg.distill.vlr_iou_mode = 0.25, 10.0, "iof"
+    cfg.distill.reduction = "per_image"
+    crit = GFLCriterion.from_config(cfg)
+    assert (crit.loss_ld_weight, crit.loss_ld_vlr_weight, crit.loss_kd_weight) == (0.25, 0.25, 10.0)
+    assert (crit.ld_temperature, crit.vlr_temperature, crit.kd_temperature) == (10.0, 10.0, 2.0)
+    assert (crit.vlr_iou_mode, crit.ld_reduction) == ("iof", "per_image")
 
 
 def test_autocast_keeps_float32():
     outputs, targets = make_outputs(3, 8, requires_grad=False), make_targets(8)
     ref = GFLCriterion(C)(outputs, targets)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        half = {k: [x.bfloat16().float() if False else x.bfloat16() for x in v] for k, v in outputs.items()}
+        half = {k: [x.bfloat16() for x in v] for k, v in outputs.items()}
         out = GFLCriterion(C)(half, targets)
     for k in ref:
         assert out[k].dtype == torch.float32

@@ -12,7 +12,7 @@ from PIL import Image
 from locdistill.config import DataConfig
 from locdistill.data.coco import CocoDetection
 from locdistill.data.loader import EpochSampler, build_dataloader, build_dataset, collate, set_epoch
-from locdistill.data.transforms import MEAN, STD, Compose, Normalize, RandomFlip, Resize, build_transforms, rescale_size
+from locdistill.data.transforms import MEAN, STD, Normalize, RandomFlip, Resize, build_transforms, rescale_size
 from locdistill.errors import DatasetError
 
 # ----------------------------------------------------------------------------- transforms
@@ -112,7 +112,8 @@ def _write_dataset(root: Path, annotations=None, images=None, categories=None, n
     if images is None:
         images = [{"id": 10 + i, "file_name": f"im{i}.png", "width": 64, "height": 48} for i in range(n_images)]
     for im in images:
-        Image.fromarray(np.full((im["height"], im["width"], 3), 40 * (im["id"] % 5), np.uint8)).save(img_dir / im["file_name"])
+        pixels = np.full((im["height"], im["width"], 3), 40 * (im["id"] % 5), np.uint8)
+        Image.fromarray(pixels).save(img_dir / im["file_name"])
     if categories is None:
         categories = [{"id": 3, "name": "cat"}, {"id": 7, "name": "dog"}, {"id": 1, "name": "bird"}]
     if annotations is None:

@@ -24,6 +24,15 @@ def spec() -> dict[str, list[int]]:
     return json.loads(SPEC.read_text())
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids thread-pool hand-offs (slow on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _shapes(model: torch.nn.Module) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in model.state_dict().items()}
 
@@ -79,16 +88,16 @@ def test_basicblock_keys(spec, depth, blocks):
         assert {int(k.split(".")[1]) for k in bb if k.startswith(f"layer{stage}.")} == set(range(n))
         for m in range(n):
             cin = width if (m > 0 or stage == 1) else width // 2
-            stride_conv = f"layer{stage}.{m}."
-            assert bb[stride_conv + "conv1.weight"] == [width, cin, 3, 3]
-            assert bb[stride_conv + "conv2.weight"] == [width, width, 3, 3]
+            blk = f"layer{stage}.{m}."
+            assert bb[blk + "conv1.weight"] == [width, cin, 3, 3]
+            assert bb[blk + "conv2.weight"] == [width, width, 3, 3]
             for bn in ("bn1", "bn2"):
-                assert bb[f"{stride_conv}{bn}.running_var"] == [width]
-            has_ds = any(k.startswith(stride_conv + "downsample") for k in bb)
+                assert bb[f"{blk}{bn}.running_var"] == [width]
+            has_ds = any(k.startswith(blk + "downsample") for k in bb)
             assert has_ds == (m == 0 and stage > 1)
             if has_ds:
-                assert bb[stride_conv + "downsample.0.weight"] == [width, cin, 1, 1]
-                assert bb[stride_conv + "downsample.1.weight"] == [width]
+                assert bb[blk + "downsample.0.weight"] == [width, cin, 1, 1]
+                assert bb[blk + "downsample.1.weight"] == [width]
     assert bb["conv1.weight"] == [64, 3, 7, 7]
     # neck laterals from 128/256/512 channels; head identical to the R-50 model
     for i, c in enumerate((128, 256, 512)):
@@ -121,7 +130,7 @@ def test_frozen_stages_and_norm_eval():
     assert all(not m.training for m in _bns(r))  # norm_eval: every BN in eval
     assert all(not m.training for m in r.layer1.modules())  # frozen stage fully in eval
     before = r.layer3[0].bn1.running_mean.clone()
-    r(torch.randn(2, 3, 64, 64)).__len__()
+    r(torch.randn(2, 3, 64, 64))
     assert torch.equal(before, r.layer3[0].bn1.running_mean)  # stats untouched in train mode
 
 
@@ -140,6 +149,12 @@ def test_detector_train_keeps_backbone_frozen():
     model.train()
     assert model.bbox_head.training and not model.backbone.layer1.training
     assert not model.backbone.layer4[0].bn1.training and model.backbone.layer4[0].bn1.weight.requires_grad
+    out = model(torch.randn(2, 3, 64, 64))
+    (sum(x.sum() for x in out["cls_logits"]) + sum(x.sum() for x in out["box_logits"])).backward()
+    assert model.backbone.layer1[0].conv1.weight.grad is None and model.backbone.conv1.weight.grad is None
+    for p in (model.backbone.layer2[0].conv1.weight, model.backbone.layer4[1].bn2.weight,
+              model.neck.fpn_convs[4].conv.weight, model.bbox_head.scales[0].scale, model.bbox_head.gfl_reg.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all()
 
 
 # ----------------------------------------------------------------------------- FPN
@@ -226,6 +241,15 @@ def test_integral_on_hand_built_distributions():
     out = integral(probs.log())
     torch.testing.assert_close(out, torch.tensor([2.5, 3.0, 0.0, 4.0]), atol=1e-5, rtol=0)
     assert integral(torch.zeros(3, 7, 20)).shape == (3, 7, 4)
+
+
+def test_integral_matches_mmdet_reference_vectors():
+    path = SPEC.parent / "mmdet_reference_vectors.json"
+    if not path.is_file():
+        pytest.skip(f"reference vectors {path} not available")
+    ref = json.loads(path.read_text())["integral"]
+    out = Integral(ref["reg_max"])(torch.tensor(ref["logits"]))
+    torch.testing.assert_close(out, torch.tensor(ref["out"]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("size", [(97, 131), (64, 64), (33, 200)])

@@ -17,6 +17,15 @@ C = 3
 BIG = 60.0  # one-hot bin logit: softmax puts all the mass on that bin
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids thread-pool hand-offs (slow on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def logit(p: float) -> float:
     return math.log(p / (1 - p))
 

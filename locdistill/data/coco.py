@@ -9,8 +9,8 @@ Bad input raises :class:`~locdistill.errors.DatasetError` naming the file and th
 With ``skip_bad=True``, images whose file is missing are dropped when the dataset is
 built (one warning with the count), and an image that fails to decode is skipped when
 it is loaded: ``dataset[i]`` then returns the next loadable image instead (so an
-epoch may see one image twice and the evaluation counts the skipped image's boxes as
-missed; a warning names each skipped file).
+epoch may see that image twice, and an evaluation that scores the image ids it
+predicted leaves the skipped image out; a warning names each skipped file).
 """
 from __future__ import annotations
 
@@ -173,7 +173,9 @@ class CocoDetection(torch.utils.data.Dataset):
             try:
                 x, y, w, h = (float(v) for v in bbox)
             except (TypeError, ValueError):
-                raise DatasetError(f"{path}: {where} has bbox {bbox!r}; fix: use [x, y, width, height] numbers") from None
+                raise DatasetError(
+                    f"{path}: {where} has bbox {bbox!r}; fix: use [x, y, width, height] numbers"
+                ) from None
             info = infos[iid]
             inter_w = min(x + w, info.get("width", x + w)) - max(x, 0.0)
             inter_h = min(y + h, info.get("height", y + h)) - max(y, 0.0)

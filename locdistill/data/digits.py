@@ -23,13 +23,15 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, DatasetError
 
-GENERATOR_VERSION = 1  # bump whenever the rendered scenes change (invalidates caches)
+GENERATOR_VERSION = 2  # bump whenever the rendered scenes change (invalidates caches)
 ASSET = Path(__file__).resolve().parent / "assets" / "mnist5k.npz"
 CLASSES = tuple(str(d) for d in range(10))  # category ids 1..10 <-> names "0".."9"
 TRAIN_FRACTION = 0.8  # per class: the first 80% of the instances are train digits
@@ -37,6 +39,7 @@ INK_THRESHOLD = 0.25  # alpha at or above which a pixel counts as visible ink
 MIN_DIGIT = 10  # smallest digit height in pixels
 MAX_DIGIT_FRACTION = 0.6  # largest digit height as a fraction of the image size
 _SPLIT_CODE = {"train": 0, "val": 1}
+_THREADS = min(4, os.cpu_count() or 1)
 
 
 def default_root() -> Path:
@@ -153,12 +156,12 @@ def _draw_clutter(rng: np.random.Generator, img: np.ndarray, level: float, fragm
     out = np.asarray(pil, dtype=np.float32).copy()
     for _ in range(rng.integers(0, 3)):  # a third to a half of some digit, faded
         d = fragments[rng.integers(len(fragments))]
-        h, w = d.shape
-        if rng.random() < 0.5:
-            part = d[: max(2, int(h * rng.uniform(0.3, 0.5)))] if rng.random() < 0.5 else d[int(h * rng.uniform(0.5, 0.7)):]
-        else:
-            part = d[:, : max(2, int(w * rng.uniform(0.3, 0.5)))] if rng.random() < 0.5 else d[:, int(w * rng.uniform(0.5, 0.7)):]
-        scale = rng.uniform(MIN_DIGIT, size * 0.3) / h
+        axis = int(rng.integers(2))  # cut across rows (0) or columns (1)
+        n = d.shape[axis]
+        cut = max(2, int(n * rng.uniform(0.3, 0.5)))
+        keep = slice(0, cut) if rng.random() < 0.5 else slice(n - cut, n)
+        part = d[keep] if axis == 0 else d[:, keep]
+        scale = rng.uniform(MIN_DIGIT, size * 0.3) / d.shape[0]
         ph, pw = max(2, int(part.shape[0] * scale)), max(2, int(part.shape[1] * scale))
         a = _resize(np.ascontiguousarray(part), pw, ph)[:, :, None] * rng.uniform(0.3, 0.6)
         x, y = int(rng.integers(0, size - pw + 1)), int(rng.integers(0, size - ph + 1))
@@ -255,14 +258,22 @@ def write_split(out_dir: Path, split: str, num_images: int, image_size: int, see
     """Render ``num_images`` scenes into ``out_dir/<split>/`` and write ``out_dir/<split>.json``."""
     img_dir = out_dir / split
     img_dir.mkdir(parents=True, exist_ok=True)
-    images, annotations = [], []
-    for i in range(num_images):
+    _digit_pool(split)  # fill the cache before the threads start
+
+    def render_and_save(i: int) -> tuple[str, list, list]:
         scene = render_scene(scene_rng(seed, split, i), image_size, split)
         name = f"{i:06d}.png"
         Image.fromarray(scene["image"]).save(img_dir / name, compress_level=1)
+        return name, scene["boxes"].tolist(), scene["labels"].tolist()
+
+    # images are independent (one generator each): threads overlap PNG encoding and numpy work
+    images, annotations = [], []
+    with ThreadPoolExecutor(max_workers=_THREADS) as pool:
+        rendered = list(pool.map(render_and_save, range(num_images)))
+    for i, (name, boxes, labels) in enumerate(rendered):
         image_id = i + 1
         images.append({"id": image_id, "file_name": name, "width": image_size, "height": image_size})
-        for box, label in zip(scene["boxes"].tolist(), scene["labels"].tolist()):
+        for box, label in zip(boxes, labels):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
                 "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
@@ -315,7 +326,8 @@ def ensure_digits(
     if num_train < 1 or num_val < 1:
         raise ConfigError(f"data.digits_train and data.digits_val must be >= 1 (got {num_train}, {num_val})")
     if image_size < 2 * MIN_DIGIT / MAX_DIGIT_FRACTION:
-        raise ConfigError(f"data.digits_image_size must be >= {int(2 * MIN_DIGIT / MAX_DIGIT_FRACTION)} (got {image_size})")
+        smallest = int(2 * MIN_DIGIT / MAX_DIGIT_FRACTION)
+        raise ConfigError(f"data.digits_image_size must be >= {smallest} (got {image_size})")
     base = Path(root).expanduser() if str(root) else default_root()
     final = base / dataset_key(num_train, num_val, image_size, seed)
     if _complete(final):

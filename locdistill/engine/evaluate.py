@@ -72,5 +72,5 @@ def evaluate(model: nn.Module, loader, cfg: Config, dataset, device: torch.devic
         tmp = Path(str(out) + ".tmp")
         tmp.write_text(json.dumps(results))
         os.replace(tmp, out)
-    metrics = coco_evaluate(dataset.json_path, results, image_ids=image_ids)
+    metrics = coco_evaluate(dataset.json_path, results, cat_ids=list(dataset.cat_ids), img_ids=image_ids)
     return metrics, results

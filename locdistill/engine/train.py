@@ -135,7 +135,7 @@ def train_one_epoch(
                 if logger is not None and ((i + 1) % tcfg.log_interval == 0 or last):
                     logger.log({"mode": "train", "epoch": state.epoch + 1, "iter": state.iter, "lr": lr,
                                 **vals, "data_time": data_time / max(i + 1, 1),
-                                "time": (time.perf_counter() - t0) / (i + 1)})
+                                "iter_time": (time.perf_counter() - t0) / (i + 1)})
                 window, window_n = {}, 0
             bar.update(task, advance=1, info=info_text)
             t_data = time.perf_counter()
@@ -163,7 +163,16 @@ def build_training(cfg: Config, device: torch.device):
                                     seed=cfg.train.seed, drop_last=False)
     val_loader = build_dataloader(val_set, cfg.data.batch_size, cfg.data.workers, shuffle=False,
                                   seed=cfg.train.seed)
-    model = build_detector(cfg.model).to(device)
+    model = build_detector(cfg.model)
+    if cfg.distill.teacher_config:
+        from ..distill import Distiller, build_teacher
+
+        teacher = build_teacher(cfg.distill.teacher_config, cfg.distill.teacher_checkpoint, num_classes)
+        model = Distiller(model, teacher, need_same_classes=cfg.distill.kd_weight > 0)
+        d = cfg.distill
+        info(f"distilling from {d.teacher_config} ({d.teacher_checkpoint}): LD w={d.ld_weight} T={d.ld_temperature}, "
+             f"VLR w={d.vlr_weight}, KD w={d.kd_weight} T={d.kd_temperature}, reduction={d.reduction}")
+    model = model.to(device)
     criterion = build_criterion(cfg)
     return train_set, val_set, train_loader, val_loader, model, criterion
 

@@ -82,11 +82,12 @@ class GFLCriterion:
         loss_ld_weight: main-region LD weight (on the student's positives, weighted by w_p).
         loss_ld_vlr_weight: VLR LD weight (0.25·thr_g <= DIoU < thr_g, weighted by IoU).
         loss_kd_weight: class KD on positives (0 turns it off).
-        ld_temperature, kd_temperature: temperatures of LD (10) and class KD (2).
+        ld_temperature, vlr_temperature, kd_temperature: temperatures of main LD (10),
+            VLR LD (10) and class KD (2).
         ld_reduction: ``"sum"`` (LD code: grows with images per GPU) or ``"per_image"``
             (sum · 3 / images, equal to ``"sum"`` at 3 images per GPU; batch-size invariant).
-        vlr_overlap: ``"iou"`` (true DIoU) or ``"iof"`` (the LD code's intersection over the
-            anchor area inside its DIoU).
+        vlr_iou_mode: ``"diou"`` (true DIoU selects the VLR) or ``"iof"`` (the LD code's quirk:
+            intersection over the anchor's area in place of IoU inside its DIoU).
 
     The distillation terms are returned only when ``teacher_outputs`` is given, each only
     if its weight is non-zero.
@@ -107,9 +108,10 @@ class GFLCriterion:
         loss_ld_vlr_weight: float = 0.25,
         loss_kd_weight: float = 10.0,
         ld_temperature: float = 10.0,
+        vlr_temperature: float = 10.0,
         kd_temperature: float = 2.0,
         ld_reduction: str = "sum",
-        vlr_overlap: str = "iou",
+        vlr_iou_mode: str = "diou",
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"GFLCriterion: num_classes must be >= 1, got {num_classes}")
@@ -117,8 +119,8 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
         if ld_reduction not in ("sum", "per_image"):
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
-        if vlr_overlap not in ("iou", "iof"):
-            raise ValueError(f"GFLCriterion: vlr_overlap must be 'iou' or 'iof', got {vlr_overlap!r}")
+        if vlr_iou_mode not in ("diou", "iof"):
+            raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
         self.num_classes = int(num_classes)
         self.reg_max = int(reg_max)
         self.strides = tuple(int(s) for s in strides)
@@ -131,16 +133,17 @@ class GFLCriterion:
         self.loss_ld_vlr_weight = loss_ld_vlr_weight
         self.loss_kd_weight = loss_kd_weight
         self.ld_temperature = ld_temperature
+        self.vlr_temperature = vlr_temperature
         self.kd_temperature = kd_temperature
         self.ld_reduction = ld_reduction
-        self.vlr_overlap = vlr_overlap
+        self.vlr_iou_mode = vlr_iou_mode
         self.assigner = ATSSAssigner(topk)
         self._prior_cache: dict = {}
 
     @classmethod
     def from_config(cls, cfg: "Config", **kwargs) -> "GFLCriterion":
-        """Build from a :class:`locdistill.config.Config` (``model.*`` and ``loss.*``);
-        ``kwargs`` override or add constructor arguments (e.g. the LD weights)."""
+        """Build from a :class:`locdistill.config.Config`: ``model.*``, ``loss.*`` and the
+        ``distill.*`` weights/temperatures; ``kwargs`` override constructor arguments."""
         head, loss = cfg.model.head, cfg.loss
         args = dict(
             num_classes=cfg.model.num_classes,
@@ -153,11 +156,18 @@ class GFLCriterion:
             loss_bbox_weight=loss.loss_bbox_weight,
             loss_dfl_weight=loss.loss_dfl_weight,
         )
-        # distillation fields, if this config version has them
-        for name in ("loss_ld_weight", "loss_ld_vlr_weight", "loss_kd_weight", "ld_temperature",
-                     "kd_temperature", "ld_reduction", "vlr_overlap"):
-            if hasattr(loss, name):
-                args[name] = getattr(loss, name)
+        d = getattr(cfg, "distill", None)
+        if d is not None:
+            args.update(
+                loss_ld_weight=d.ld_weight,
+                ld_temperature=d.ld_temperature,
+                loss_ld_vlr_weight=d.vlr_weight,
+                vlr_temperature=d.vlr_temperature,
+                vlr_iou_mode=d.vlr_iou_mode,
+                loss_kd_weight=d.kd_weight,
+                kd_temperature=d.kd_temperature,
+                ld_reduction=d.reduction,
+            )
         args.update(kwargs)
         return cls(**args)
 
@@ -306,7 +316,8 @@ class GFLCriterion:
     def vlr_weights(self, t: GFLTargets) -> Tensor:
         """VLR weight ``[B, A]``: max IoU over the GTs g with ``0.25·thr_g <= DIoU(anchor, g) < thr_g``
         (all valid anchors of every level, no centre test); 0 outside the region."""
-        diou = bbox_diou(t.anchors, t.gt_boxes, overlap_mode=self.vlr_overlap)  # [B, A, K]
+        overlap = "iou" if self.vlr_iou_mode == "diou" else "iof"
+        diou = bbox_diou(t.anchors, t.gt_boxes, overlap_mode=overlap)  # [B, A, K]
         thr = t.assign.thresholds[:, None, :]  # [B, 1, K]
         region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
@@ -322,14 +333,15 @@ class GFLCriterion:
         B = t.box_logits.shape[0]
         scale = 3.0 / B if self.ld_reduction == "per_image" else 1.0
         losses = {}
-        if self.loss_ld_weight or self.loss_ld_vlr_weight:
+        ld = None
+        if self.loss_ld_weight:
             ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
-            if self.loss_ld_weight:
-                main = (ld * t.weight_targets).sum() / (4 + EPS)
-                losses["loss_ld"] = self.loss_ld_weight * scale * main
-            if self.loss_ld_vlr_weight:
-                vlr = (ld * self.vlr_weights(t)).sum() / (16 + EPS)
-                losses["loss_ld_vlr"] = self.loss_ld_vlr_weight * scale * vlr
+            losses["loss_ld"] = self.loss_ld_weight * scale * (ld * t.weight_targets).sum() / (4 + EPS)
+        if self.loss_ld_vlr_weight:
+            if ld is None or self.vlr_temperature != self.ld_temperature:
+                ld = kd_kl_loss(t.box_logits, t_box, self.vlr_temperature).sum(-1)
+            vlr = (ld * self.vlr_weights(t)).sum() / (16 + EPS)
+            losses["loss_ld_vlr"] = self.loss_ld_vlr_weight * scale * vlr
         if self.loss_kd_weight:
             if t_cls.shape != t.cls_logits.shape:
                 raise ValueError(

@@ -1,0 +1,208 @@
+"""``locdistill convert IN OUT``: strip a checkpoint down to the student and publish it.
+
+Reads a locdistill, mmdetection or LD-repo checkpoint (``{"model", ...}``,
+``{"meta", "state_dict"}`` or a bare state dict; third-party metadata goes through the
+restricted loader of :mod:`locdistill.checkpoint`), removes
+
+- teacher weights: every key with a dot-separated part starting with ``teacher``
+  (``teacher_model.*``, ``teacher.*``, ``bbox_head.teacher_models.*``),
+- training state: optimizer, scheduler, AMP scaler and any other top-level entry,
+- metadata that is not plain data (numpy arrays, mmcv objects, tensors),
+
+and writes ``{"model": state_dict, "meta": {..., "converted_from": IN's name}}``
+atomically as ``OUT-<sha256[:8]>.pth`` (the hash of the final file, as mmdetection's
+``publish_model``). The result loads with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import numbers
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from ..checkpoint import UnloadedObject, extract_state_dict, load_checkpoint
+from ..errors import CheckpointError
+
+__all__ = ["ConvertResult", "convert_checkpoint", "is_teacher_key", "publish_path", "safe_metadata", "sha256_file"]
+
+# top-level entries that are weights or metadata; anything else is training state and dropped
+_WEIGHT_ENTRIES = ("model", "state_dict")
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert_checkpoint` wrote and what it removed."""
+
+    path: Path  # the published file, OUT-<sha256[:8]>.pth
+    sha256: str  # hex digest of that file
+    num_tensors: int  # tensors kept in "model"
+    stripped: dict[str, int] = field(default_factory=dict)  # teacher prefix -> tensors removed
+    dropped_entries: list[str] = field(default_factory=list)  # top-level entries removed (optimizer, config...)
+    dropped_meta: list[str] = field(default_factory=list)  # metadata keys that were not plain data
+    dropped_prefix: str = ""  # "student." when the weights came from a whole Distiller
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> list[str]:
+        """Human-readable lines (printed by the CLI)."""
+        lines = []
+        if self.stripped:
+            total = sum(self.stripped.values())
+            groups = ", ".join(f"{p}.* ({n})" for p, n in sorted(self.stripped.items()))
+            lines.append(f"stripped {total} teacher tensors: {groups}")
+        else:
+            lines.append("stripped 0 teacher tensors (none in the file)")
+        if self.dropped_prefix:
+            lines.append(f"removed the '{self.dropped_prefix}' prefix of the student weights")
+        lines.append("dropped entries (training state, config): " + (", ".join(self.dropped_entries) or "none"))
+        if self.dropped_meta:
+            lines.append("dropped metadata that is not plain data: " + ", ".join(self.dropped_meta))
+        lines.append(f"kept {self.num_tensors} student tensors; meta: {', '.join(sorted(self.meta))}")
+        lines.append(f"sha256 {self.sha256}")
+        lines.append(f"wrote {self.path}")
+        return lines
+
+
+def is_teacher_key(key: str) -> bool:
+    """True for teacher weights: any dot-separated part of the key starts with ``teacher``."""
+    return any(part.startswith("teacher") for part in key.split("."))
+
+
+def _teacher_prefix(key: str) -> str:
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("teacher"):
+            return ".".join(parts[: i + 1])
+    return key
+
+
+def _plain(value: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: ``value`` as JSON-like plain data (numpy scalars become Python numbers)."""
+    if value is None or isinstance(value, (bool, str, int, float)):
+        return True, value
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy scalar
+        return True, value.item()
+    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+        return True, float(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        if all(ok for ok, _ in items):
+            return True, [v for _, v in items]
+        return False, None
+    if isinstance(value, dict) and not isinstance(value, UnloadedObject):
+        out = {}
+        for k, v in value.items():
+            ok, pv = _plain(v)
+            if not isinstance(k, str) or not ok:
+                return False, None
+            out[k] = pv
+        return True, out
+    return False, None
+
+
+def safe_metadata(meta: Any) -> tuple[dict[str, Any], list[str]]:
+    """Keep the entries of ``meta`` that are plain data; return ``(kept, dropped_keys)``.
+
+    Adds ``classes`` from mmdetection's ``CLASSES`` or mmengine's ``dataset_meta["classes"]``
+    when the file does not name them the locdistill way.
+    """
+    if not isinstance(meta, dict) or isinstance(meta, UnloadedObject):
+        return {}, ([] if meta is None else [f"meta ({type(meta).__name__})"])
+    kept, dropped = {}, []
+    for key, value in meta.items():
+        ok, pv = _plain(value)
+        if ok and isinstance(key, str):
+            kept[key] = pv
+        elif isinstance(key, str) and isinstance(value, dict) and not isinstance(value, UnloadedObject):
+            sub, sub_dropped = safe_metadata(value)  # keep the plain part of a mixed dict
+            if sub:
+                kept[key] = sub
+            dropped += [f"{key}.{k}" for k in sub_dropped]
+        elif isinstance(value, UnloadedObject):
+            dropped.append(f"{key} ({value.pickled_name})")
+        else:
+            dropped.append(f"{key} ({type(value).__name__})")
+    if not kept.get("classes"):
+        classes = kept.get("CLASSES") or (kept.get("dataset_meta") or {}).get("classes")
+        if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
+            kept["classes"] = list(classes)
+    return kept, dropped
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def publish_path(out: str | os.PathLike, sha256: str) -> Path:
+    """``OUT-<sha256[:8]>.pth``; the hash goes before a ``.pth`` / ``.pt`` suffix."""
+    out = Path(out)
+    if out.suffix in (".pth", ".pt"):
+        return out.with_name(f"{out.stem}-{sha256[:8]}{out.suffix}")
+    return out.with_name(f"{out.name}-{sha256[:8]}.pth")
+
+
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> ConvertResult:
+    """Strip teacher weights, training state and non-plain metadata from ``src``; publish at ``out``.
+
+    Returns a :class:`ConvertResult`; raises :class:`CheckpointError` naming ``src`` when it
+    holds no student weights.
+    """
+    src = Path(src)
+    ckpt = load_checkpoint(src)
+    state = extract_state_dict(ckpt, source=f"checkpoint {src}")
+
+    stripped: dict[str, int] = defaultdict(int)
+    student: dict[str, torch.Tensor] = {}
+    skipped = []
+    for key, value in state.items():
+        if is_teacher_key(key):
+            stripped[_teacher_prefix(key)] += 1
+        elif isinstance(value, torch.Tensor):
+            student[key] = value.detach().cpu().clone()
+        else:
+            skipped.append(key)
+    dropped_prefix = ""
+    if student and all(k.startswith("student.") for k in student):  # a whole Distiller's state dict
+        student = {k[len("student."):]: v for k, v in student.items()}
+        dropped_prefix = "student."
+    if not student:
+        raise CheckpointError(
+            f"checkpoint {src} holds no student weights after removing {sum(stripped.values())} teacher tensors; "
+            "nothing to convert")
+
+    bare = not any(isinstance(ckpt.get(k), Mapping) for k in _WEIGHT_ENTRIES)  # a bare state dict
+    dropped_entries = [] if bare else sorted(str(k) for k in ckpt if k not in _WEIGHT_ENTRIES and k != "meta")
+    meta, dropped_meta = safe_metadata(None if bare else ckpt.get("meta"))
+    dropped_meta += [f"state_dict.{k} (not a tensor)" for k in skipped]
+    meta["converted_from"] = src.name
+    obj = {"model": student, "meta": meta}
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = sha256_file(tmp)  # renaming keeps the bytes, so this is the final file's hash
+        final = publish_path(out, digest)
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return ConvertResult(path=final, sha256=digest, num_tensors=len(student), stripped=dict(stripped),
+                         dropped_entries=dropped_entries, dropped_meta=dropped_meta,
+                         dropped_prefix=dropped_prefix, meta=meta)
