@@ -124,8 +124,9 @@ class UnloadedObject(dict):
     Used for classes of ``mmcv`` / ``mmengine`` / ``mmdet`` / ``addict`` found in the
     metadata of mmdetection / LD-repo checkpoints (``ConfigDict``, ``HistoryBuffer``...).
     It keeps what the pickle carried as plain data: dict items (it is a ``dict``),
-    ``args`` (constructor arguments), ``items`` (appended list items) and ``state``;
-    it has no behaviour. ``pickled_name`` is the original ``module.Class``.
+    ``args`` / ``kwargs`` (constructor arguments), ``items_appended`` (list items) and
+    ``state``; it has no behaviour. ``pickled_name`` is the original ``module.Class``.
+    (The stand-in types cannot be pickled again: they are not importable by name.)
     """
 
     pickled_name = "?"
@@ -149,9 +150,6 @@ class UnloadedObject(dict):
 
     def __repr__(self) -> str:
         return f"<unloaded {self.pickled_name}>"
-
-    def __reduce__(self):  # never re-pickled as something executable
-        raise pickle.PicklingError(f"{self!r} is a stand-in of the restricted loader and cannot be saved")
 
 
 # modules whose classes may appear in checkpoint metadata; mapped to UnloadedObject, never imported
@@ -182,7 +180,7 @@ def _allowed_global(module: str, name: str):
     if module == "torch":
         if name in ("Size", "device"):
             return getattr(torch, name)
-        value = getattr(torch, name, None)
+        value = vars(torch).get(name)  # no getattr: torch's lazy module loading is not triggered
         return value if isinstance(value, torch.dtype) else None
     if (module, name) == ("torch.torch_version", "TorchVersion"):
         return str

@@ -83,11 +83,14 @@ def _teacher_prefix(key: str) -> str:
 
 def _plain(value: Any) -> tuple[bool, Any]:
     """``(ok, value)``: ``value`` as JSON-like plain data (numpy scalars become Python numbers)."""
-    if value is None or isinstance(value, (bool, str, int, float)):
+    if value is None or type(value) in (bool, str, int, float):
         return True, value
-    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy scalar
-        return True, value.item()
-    if isinstance(value, numbers.Number) and not isinstance(value, complex):
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy scalar / 0-d array
+        return _plain(value.item())
+    for kind in (bool, int, float, str):  # subclasses (enums, TorchVersion...) become the plain type
+        if isinstance(value, kind):
+            return True, kind(value)
+    if isinstance(value, numbers.Real):
         return True, float(value)
     if isinstance(value, (list, tuple)):
         items = [_plain(v) for v in value]
