@@ -94,7 +94,7 @@ def cmd_test(args) -> int:
 def cmd_convert(args) -> int:
     from .tools.convert import convert_checkpoint
 
-    result = convert_checkpoint(args.input, args.output)
+    result = convert_checkpoint(args.input, args.output, half=args.half)
     for line in result.summary():
         print(line)
     return 0
@@ -103,7 +103,7 @@ def cmd_convert(args) -> int:
 def cmd_demo(args) -> int:
     from .tools.demo import run_demo
 
-    run_demo(work_dir=args.work_dir, quick=args.quick)
+    run_demo(work_dir=args.work_dir, quick=args.quick, train_teacher=args.train_teacher)
     return 0
 
 
@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train and evaluate on the bundled digits data (the main job)")
     s.add_argument("--work-dir", default="work_dirs/demo")
     s.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
+    s.add_argument("--train-teacher", action="store_true",
+                   help="train the teacher too instead of using the shipped checkpoint")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train", help="train a detector: locdistill train CONFIG")
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "metadata that is not plain data, and write OUT-<sha256[:8]>.pth.")
     s.add_argument("input", metavar="IN", help="checkpoint to convert")
     s.add_argument("output", metavar="OUT", help="output path; the hash is inserted before .pth")
+    s.add_argument("--half", action="store_true", help="store floating-point weights as float16")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("configs", help="list the shipped configs")

@@ -108,6 +108,7 @@ class TrainConfig:
     base_lr: float = 0.01  # learning rate for a total batch of `base_batch`
     base_batch: int = 16
     lr: Optional[float] = None  # pin the learning rate (disables the scaling rule)
+    optimizer: str = "sgd"  # "sgd" (mmdet default) or "adamw" (faster from-scratch training)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_iters: int = 500

@@ -204,3 +204,28 @@ def pickletools_ok(payload: bytes) -> bool:
 
     ops = [op.name for op, _, _ in pickletools.genops(payload)]
     return ops[0] == "PROTO" and "GLOBAL" in ops and "BUILD" in ops and ops[-1] == "STOP"
+
+
+def test_half_conversion_loads_into_float32_model(tmp_path):
+    from locdistill.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+    from locdistill.config import ModelConfig
+    from locdistill.models import build_detector
+    from locdistill.tools.convert import convert_checkpoint
+
+    mc = ModelConfig(num_classes=3)
+    mc.backbone.depth, mc.backbone.base_channels = 18, 8
+    mc.neck.out_channels = mc.head.feat_channels = 16
+    mc.head.stacked_convs, mc.head.num_groups = 1, 4
+    model = build_detector(mc)
+    src = save_checkpoint(tmp_path / "full.pth", model, {}, {"classes": ["a", "b", "c"]})
+    res = convert_checkpoint(src, tmp_path / "small.pth", half=True)
+    ck = load_checkpoint(res.path)
+    assert all(v.dtype == torch.float16 for v in ck["model"].values() if v.is_floating_point())
+    assert res.path.stat().st_size < 0.6 * src.stat().st_size
+    fresh = build_detector(mc)
+    load_model_weights(fresh, ck, strict=True)
+    for k, v in model.state_dict().items():
+        w = fresh.state_dict()[k]
+        assert w.dtype == v.dtype
+        if v.is_floating_point():
+            torch.testing.assert_close(w, v.half().float(), rtol=0, atol=0)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
+from ..errors import ConfigError
 
 
 def scaled_lr(train_cfg: TrainConfig, total_batch: int) -> float:
@@ -16,10 +17,14 @@ def scaled_lr(train_cfg: TrainConfig, total_batch: int) -> float:
     return train_cfg.base_lr * total_batch / train_cfg.base_batch
 
 
-def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.SGD:
-    """SGD(momentum, weight decay) over the trainable parameters."""
+def build_optimizer(model: nn.Module, train_cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """SGD(momentum, weight decay) — or AdamW — over the trainable parameters."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=train_cfg.momentum, weight_decay=train_cfg.weight_decay)
+    if train_cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=train_cfg.weight_decay)
+    raise ConfigError(f"train.optimizer={train_cfg.optimizer!r} is not supported; use 'sgd' or 'adamw'")
 
 
 class WarmupStepSchedule:

@@ -153,8 +153,11 @@ def publish_path(out: str | os.PathLike, sha256: str) -> Path:
     return out.with_name(f"{out.name}-{sha256[:8]}.pth")
 
 
-def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> ConvertResult:
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> ConvertResult:
     """Strip teacher weights, training state and non-plain metadata from ``src``; publish at ``out``.
+
+    ``half`` stores floating-point tensors as float16 (half the size; they are cast back
+    to the model's dtype when loaded).
 
     Returns a :class:`ConvertResult`; raises :class:`CheckpointError` naming ``src`` when it
     holds no student weights.
@@ -170,7 +173,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Conver
         if is_teacher_key(key):
             stripped[_teacher_prefix(key)] += 1
         elif isinstance(value, torch.Tensor):
-            student[key] = value.detach().cpu().clone()
+            value = value.detach().cpu().clone()
+            student[key] = value.half() if half and value.is_floating_point() else value
         else:
             skipped.append(key)
     dropped_prefix = ""
@@ -187,6 +191,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike) -> Conver
     meta, dropped_meta = safe_metadata(None if bare else ckpt.get("meta"))
     dropped_meta += [f"state_dict.{k} (not a tensor)" for k in skipped]
     meta["converted_from"] = src.name
+    if half:
+        meta["dtype"] = "float16"
     obj = {"model": student, "meta": meta}
 
     out = Path(out)

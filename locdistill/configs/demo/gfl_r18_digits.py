@@ -22,9 +22,11 @@ d.batch_size = 16
 d.workers = 2
 
 t = config.train
-t.epochs = 12
-t.lr = 0.04
+t.epochs = 10
+t.optimizer = "adamw"  # from scratch, AdamW reaches in 6 epochs what SGD reaches in 12 (docs/benchmarks.md)
+t.lr = 0.003
+t.weight_decay = 0.05
 t.warmup_iters = 100
-t.milestones = (9, 11)
+t.milestones = (8, 10)
 t.log_interval = 20
 t.device = "cpu"

@@ -1,0 +1,87 @@
+"""The gain of LD on the bundled digits data, measured over several seeds.
+
+Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
+  baseline  the R-18 student alone
+  ld        + main-region LD from the shipped R-34 teacher
+  full      + main LD + VLR-LD + class KD (demo/ld_r34_r18_digits)
+
+    python benchmarks/ld_gain.py --seeds 0 1 2 --out-dir work_dirs/ld_gain
+
+Each run writes its work dir under --out-dir; runs whose final metrics exist are
+reused (so the benchmark can be resumed or split across machines). Prints mean ± std
+of AP, AP75 and AR100 per variant and the LD − baseline difference, as a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+VARIANTS = {
+    "baseline": ("demo/gfl_r18_digits", []),
+    "ld": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0"]),
+    "full": ("demo/ld_r34_r18_digits", []),
+}
+KEYS = ("AP", "AP50", "AP75", "AR100")
+
+
+def final_metrics(work_dir: Path) -> dict | None:
+    path = work_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    vals = [json.loads(line) for line in path.read_text().splitlines() if '"mode": "val"' in line]
+    cfg = json.loads((work_dir / "config.json").read_text())
+    if not vals or vals[-1]["epoch"] != cfg["train"]["epochs"]:
+        return None
+    return vals[-1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out-dir", default="work_dirs/ld_gain")
+    ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="extra overrides for every run")
+    ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads per run")
+    args = ap.parse_args()
+    out = Path(args.out_dir)
+    env = dict(os.environ, LOCDISTILL_NO_PROGRESS="1")
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    for variant in args.variants:
+        config, extra = VARIANTS[variant]
+        for seed in args.seeds:
+            wd = out / f"{variant}_seed{seed}"
+            if final_metrics(wd) is not None:
+                continue
+            cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set",
+                   f"train.seed={seed}", "train.eval_interval=0", *extra, *args.overrides]
+            print("+", " ".join(cmd), flush=True)
+            subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    rows = {}
+    for variant in args.variants:
+        ms = [final_metrics(out / f"{variant}_seed{s}") for s in args.seeds]
+        ms = [m for m in ms if m]
+        rows[variant] = {k: [100 * m[k] for m in ms] for k in KEYS}
+    print(f"\n| variant | runs | " + " | ".join(KEYS) + " |")
+    print("|---|---|" + "---|" * len(KEYS))
+    for variant, r in rows.items():
+        cells = []
+        for k in KEYS:
+            v = r[k]
+            sd = statistics.stdev(v) if len(v) > 1 else 0.0
+            cells.append(f"{statistics.mean(v):.1f} ± {sd:.1f}" if v else "-")
+        print(f"| {variant} | {len(r['AP'])} | " + " | ".join(cells) + " |")
+    if "baseline" in rows and rows["baseline"]["AP"]:
+        base = statistics.mean(rows["baseline"]["AP"])
+        for variant in ("ld", "full"):
+            if variant in rows and rows[variant]["AP"]:
+                print(f"\n{variant} − baseline: {statistics.mean(rows[variant]['AP']) - base:+.2f} AP")
+
+
+if __name__ == "__main__":
+    main()
