@@ -67,7 +67,7 @@ def main() -> None:
         ms = [final_metrics(out / f"{variant}_seed{s}") for s in args.seeds]
         ms = [m for m in ms if m]
         rows[variant] = {k: [100 * m[k] for m in ms] for k in KEYS}
-    print(f"\n| variant | runs | " + " | ".join(KEYS) + " |")
+    print("\n| variant | runs | " + " | ".join(KEYS) + " |")
     print("|---|---|" + "---|" * len(KEYS))
     for variant, r in rows.items():
         cells = []

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,10 +47,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-    import torch
 
     from .checkpoint import load_checkpoint, load_model_weights
-    from .config import config_from_dict, load_config
+    from .config import load_config
     from .data.loader import build_dataloader, build_dataset
     from .engine.evaluate import evaluate
     from .engine.logging import info, metrics_table, print_table

@@ -1,9 +1,7 @@
 """CLI behaviour: clear errors, non-zero exit, no traceback."""
-import json
 import subprocess
 import sys
 
-import pytest
 
 from locdistill.cli import main
 

@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from locdistill.checkpoint import load_checkpoint
 from locdistill.cli import main

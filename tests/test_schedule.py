@@ -15,7 +15,6 @@ def test_lr_scaling_rule():
 
 def test_warmup_and_steps_hand_computed():
     t = TrainConfig(warmup_iters=500, warmup_ratio=0.001, milestones=(8, 11), gamma=0.1)
-    p = torch.nn.Parameter(torch.zeros(1))
     opt = build_optimizer(torch.nn.Linear(1, 1), t, 0.02)
     s = WarmupStepSchedule(opt, 0.02, t)
     assert s.step(0, 0) == pytest.approx(0.02 * 0.001)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+
 
 import torch
 from torch import nn
@@ -41,6 +41,7 @@ def predict_loader(model: nn.Module, loader, cfg: Config, device: torch.device,
     det.eval()
     detections: list[dict] = []
     image_ids: list[int] = []
+    seen: set[int] = set()
     try:
         with make_progress(transient=True) as bar:
             task = bar.add_task(desc, total=len(loader), info="")
@@ -49,6 +50,9 @@ def predict_loader(model: nn.Module, loader, cfg: Config, device: torch.device,
                 outputs = det(images)
                 results = postprocess(outputs, image_metas(targets), cfg.test, det.strides, det.reg_max)
                 for t, r in zip(targets, results):
+                    if int(t["image_id"]) in seen:  # skip_bad may substitute an image already seen
+                        continue
+                    seen.add(int(t["image_id"]))
                     detections.append({k: v.detach().cpu() for k, v in r.items()})
                     image_ids.append(int(t["image_id"]))
                 bar.advance(task)

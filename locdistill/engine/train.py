@@ -18,7 +18,7 @@ from ..checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from ..config import Config, config_to_dict, save_config
 from ..errors import CheckpointError, ConfigError, TrainingError
 from .evaluate import evaluate, unwrap
-from .logging import MetricsLogger, info, make_progress, metrics_table, print_table, warn
+from .logging import MetricsLogger, info, make_progress, metrics_table, print_table
 from .schedule import WarmupStepSchedule, build_optimizer, scaled_lr
 
 

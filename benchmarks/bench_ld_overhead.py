@@ -1,0 +1,148 @@
+"""Cost of an LD training step against its parts, measured in one process.
+
+R-50 teacher (eval, no autograd) and R-18 student, 80 classes, a batch of 2 synthetic
+640×640 images with 7 GT boxes each, CPU. Three measurements, interleaved so that
+machine noise hits all of them alike (median of --iters):
+
+- ``student``: one plain GFL training step of the student (forward, loss, backward, SGD step);
+- ``teacher``: one teacher forward under ``torch.no_grad()``;
+- ``ld``:      one Distiller step (student + teacher forward, GFL + LD + VLR + KD, backward, step).
+
+Reports ``t(ld) / (t(student) + t(teacher))`` (target ≤ 1.05) and peak memory:
+``peak(ld)`` against ``peak(student) + peak(teacher)`` (+10 % allowed), each measured as
+the growth of the process's max RSS in a fresh subprocess (CPU) or
+``torch.cuda.max_memory_allocated`` (CUDA).
+
+    python benchmarks/bench_ld_overhead.py --iters 5 --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from locdistill.config import Config  # noqa: E402
+from locdistill.distill import Distiller  # noqa: E402
+from locdistill.models.build import build_detector  # noqa: E402
+from locdistill.models.criterion import GFLCriterion  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_train_step import synthetic_batch  # noqa: E402
+
+
+def build(depth: int) -> torch.nn.Module:
+    cfg = Config()
+    cfg.model.backbone.depth = depth
+    return build_detector(cfg.model)
+
+
+def make_criterion(distill: bool) -> GFLCriterion:
+    cfg = Config()
+    if distill:
+        cfg.distill.vlr_weight = 0.25
+        cfg.distill.kd_weight = 10.0
+    return GFLCriterion.from_config(cfg)
+
+
+class Runner:
+    def __init__(self, h: int, w: int, batch: int):
+        torch.manual_seed(0)
+        self.student = build(18).train()
+        self.teacher = build(50).eval().requires_grad_(False)
+        self.distiller = Distiller(build(18), self.teacher).train()
+        self.distiller.student.load_state_dict(self.student.state_dict())
+        self.crit = make_criterion(False)
+        self.crit_ld = make_criterion(True)
+        self.opt_s = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+        self.opt_d = torch.optim.SGD([p for p in self.distiller.parameters() if p.requires_grad], lr=1e-3,
+                                     momentum=0.9)
+        gen = torch.Generator().manual_seed(0)
+        self.images, self.targets = synthetic_batch(batch, h, w, 7, 80, gen)
+        self.sizes = [t["pad_shape"] for t in self.targets]
+
+    def student_step(self) -> None:
+        out = self.student(self.images)
+        loss = sum(self.crit(out, self.targets, image_sizes=self.sizes).values())
+        self.opt_s.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_s.step()
+
+    def teacher_forward(self) -> None:
+        with torch.no_grad():
+            self.teacher(self.images)
+
+    def ld_step(self) -> None:
+        out, t_out = self.distiller(self.images)
+        loss = sum(self.crit_ld(out, self.targets, teacher_outputs=t_out, image_sizes=self.sizes).values())
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_d.step()
+
+
+def peak_child(kind: str, h: int, w: int, batch: int, threads: int) -> float:
+    """Peak-RSS growth (MiB) of one ``kind`` step, measured in a fresh process."""
+    code = (
+        f"import sys, resource, torch; sys.argv=['x']; torch.set_num_threads({threads});"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r});"
+        "from bench_ld_overhead import Runner;"
+        f"r = Runner({h}, {w}, {batch});"
+        "import gc; gc.collect();"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
+        f"getattr(r, {kind!r})();"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--size", default="640x640")
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    r = Runner(h, w, args.batch)
+    times = {"student": [], "teacher": [], "ld": []}
+    fns = {"student": r.student_step, "teacher": r.teacher_forward, "ld": r.ld_step}
+    order = list(fns)
+    for i in range(args.warmup + args.iters):
+        for k in order[i % 3:] + order[: i % 3]:  # rotate who goes first
+            t0 = time.perf_counter()
+            fns[k]()
+            dt = time.perf_counter() - t0
+            if i >= args.warmup:
+                times[k].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["ld"] / (med["student"] + med["teacher"])
+    print(f"\nLD step overhead, {args.batch}×{h}×{w}, R-50 teacher → R-18 student, {args.threads} threads, "
+          f"median of {args.iters}")
+    print("| step | ms |")
+    print("|---|---|")
+    for k in ("student", "teacher", "ld"):
+        print(f"| {k} | {1000 * med[k]:.0f} |")
+    print(f"\nt(ld) / (t(student) + t(teacher)) = {ratio:.3f}  (target ≤ 1.05)")
+    if not args.no_memory:
+        peaks = {k: peak_child(k, h, w, args.batch, args.threads)
+                 for k in ("student_step", "teacher_forward", "ld_step")}
+        print(f"peak RSS growth (MiB): student {peaks['student_step']:.0f}, teacher fwd "
+              f"{peaks['teacher_forward']:.0f}, ld {peaks['ld_step']:.0f}; "
+              f"ld / (student + teacher) = {peaks['ld_step'] / (peaks['student_step'] + peaks['teacher_forward']):.3f}"
+              f" (target ≤ 1.10)")
+    print(json.dumps({"ratio": ratio, **{f"ms_{k}": 1000 * v for k, v in med.items()}}))
+
+
+if __name__ == "__main__":
+    main()
