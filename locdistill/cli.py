@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--work-dir", help="output folder (default work_dirs/<config name>)")
     s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from CKPT, or from the latest checkpoint in the work dir")
-    s.add_argument("--amp", action="store_true", help="mixed precision")
+    s.add_argument("--amp", action="store_true", help="bf16 autocast for the forward passes (losses stay float32)")
     _add_set(s)
     s.set_defaults(func=cmd_train)
 

@@ -103,7 +103,8 @@ def train_one_epoch(
             lr = schedule.step(state.epoch, state.iter)
             images = images.to(device, non_blocking=True)
             targets = targets_to(targets, device)
-            outputs, teacher_outputs = _split_outputs(model(images))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tcfg.amp):
+                outputs, teacher_outputs = _split_outputs(model(images))
             losses = criterion(outputs, targets, teacher_outputs=teacher_outputs,
                                image_sizes=[t["pad_shape"] for t in targets])
             total = sum(losses.values())
