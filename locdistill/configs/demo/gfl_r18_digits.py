@@ -30,3 +30,4 @@ t.warmup_iters = 100
 t.milestones = (8, 10)
 t.log_interval = 20
 t.device = "cpu"
+t.eval_interval = 5
