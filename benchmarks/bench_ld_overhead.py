@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import subprocess
 import sys
@@ -87,18 +88,43 @@ class Runner:
         self.opt_d.step()
 
 
+def _child(kind: str, h: int, w: int, batch: int, threads: int) -> None:
+    """In a fresh process: build only what ``kind`` needs, then print the RSS growth of one step."""
+    import os
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    images, targets = synthetic_batch(batch, h, w, 7, 80, gen)
+    sizes = [t["pad_shape"] for t in targets]
+    if kind == "teacher":
+        model = build(50).eval().requires_grad_(False)
+    elif kind == "student":
+        model, crit = build(18).train(), make_criterion(False)
+    else:
+        model, crit = Distiller(build(18), build(50)).train(), make_criterion(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9) if params else None
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as f:
+        rss_before = int(f.read().split()[1]) * page
+    if kind == "teacher":
+        with torch.no_grad():
+            model(images)
+    else:
+        out = model(images)
+        out, t_out = out if isinstance(out, tuple) else (out, None)
+        loss = sum(crit(out, targets, teacher_outputs=t_out, image_sizes=sizes).values())
+        loss.backward()
+        opt.step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print((peak - rss_before) / 2**20)
+
+
 def peak_child(kind: str, h: int, w: int, batch: int, threads: int) -> float:
-    """Peak-RSS growth (MiB) of one ``kind`` step, measured in a fresh process."""
-    code = (
-        f"import sys, resource, torch; sys.argv=['x']; torch.set_num_threads({threads});"
-        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r});"
-        "from bench_ld_overhead import Runner;"
-        f"r = Runner({h}, {w}, {batch});"
-        "import gc; gc.collect();"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        f"getattr(r, {kind!r})();"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)"
-    )
+    """Peak-RSS growth (MiB) of one ``kind`` step ("student", "teacher", "ld"), in a fresh process."""
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+            f"import bench_ld_overhead as b; b._child({kind!r}, {h}, {w}, {batch}, {threads})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -135,12 +161,11 @@ def main() -> None:
         print(f"| {k} | {1000 * med[k]:.0f} |")
     print(f"\nt(ld) / (t(student) + t(teacher)) = {ratio:.3f}  (target ≤ 1.05)")
     if not args.no_memory:
-        peaks = {k: peak_child(k, h, w, args.batch, args.threads)
-                 for k in ("student_step", "teacher_forward", "ld_step")}
-        print(f"peak RSS growth (MiB): student {peaks['student_step']:.0f}, teacher fwd "
-              f"{peaks['teacher_forward']:.0f}, ld {peaks['ld_step']:.0f}; "
-              f"ld / (student + teacher) = {peaks['ld_step'] / (peaks['student_step'] + peaks['teacher_forward']):.3f}"
-              f" (target ≤ 1.10)")
+        peaks = {k: peak_child(k, h, w, args.batch, args.threads) for k in ("student", "teacher", "ld")}
+        mem_ratio = peaks["ld"] / (peaks["student"] + peaks["teacher"])
+        print(f"peak RSS growth of one step (MiB): student {peaks['student']:.0f}, teacher forward "
+              f"{peaks['teacher']:.0f}, LD {peaks['ld']:.0f}; LD / (student + teacher) = {mem_ratio:.3f} "
+              "(target ≤ 1.10)")
     print(json.dumps({"ratio": ratio, **{f"ms_{k}": 1000 * v for k, v in med.items()}}))
 
 
