@@ -205,6 +205,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
             os.fsync(f.fileno())
         digest = sha256_file(tmp)  # renaming keeps the bytes, so this is the final file's hash
         final = publish_path(out, digest)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a published file is meant to be shared
         os.replace(tmp, final)
     except BaseException:
         try:
