@@ -9,7 +9,7 @@ from locdistill.config import load_config
 
 TINY = ["data.digits_train=24", "data.digits_val=12", "data.digits_image_size=96", "data.img_scale=(96, 96)",
         "data.batch_size=8", "data.workers=0", "train.epochs=2", "train.warmup_iters=3",
-        "train.log_interval=1", "train.device=cpu", "model.backbone.base_channels=8",
+        "train.log_interval=1", "train.eval_interval=1", "train.device=cpu", "model.backbone.base_channels=8",
         "model.neck.out_channels=32", "model.head.feat_channels=32", "model.head.stacked_convs=1",
         "model.head.num_groups=8"]
 
