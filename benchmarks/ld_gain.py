@@ -3,7 +3,10 @@
 Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   baseline  the R-18 student alone
   ld        + main-region LD from the shipped R-34 teacher
-  full      + main LD + VLR-LD + class KD (demo/ld_r34_r18_digits)
+  full      + main LD + VLR-LD (0.25) + class KD (weight 10, T=2): the paper's recipe
+Diagnostics (ask for them with --variants):
+  ld_vlr    main LD + VLR-LD, no class KD
+  ld_sum    main LD with reduction="sum" (16/3 x the per_image magnitude at 16 images per batch)
 
     python benchmarks/ld_gain.py --seeds 0 1 2 --out-dir work_dirs/ld_gain
 
@@ -24,8 +27,13 @@ from pathlib import Path
 VARIANTS = {
     "baseline": ("demo/gfl_r18_digits", []),
     "ld": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0"]),
-    "full": ("demo/ld_r34_r18_digits", []),
+    "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=10.0"]),
+    # diagnostics (not part of the default set)
+    "ld_vlr": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=0.0"]),
+    "ld_sum": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                          "distill.reduction=sum"]),
 }
+DEFAULT_VARIANTS = ["baseline", "ld", "full"]
 KEYS = ("AP", "AP50", "AP75", "AR100")
 
 
@@ -43,7 +51,7 @@ def final_metrics(work_dir: Path) -> dict | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
     ap.add_argument("--out-dir", default="work_dirs/ld_gain")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="extra overrides for every run")
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads per run")
