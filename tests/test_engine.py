@@ -85,3 +85,20 @@ def test_short_training_learns(tmp_path):
     val = [r for r in recs if r["mode"] == "val"]
     assert sum(train[-3:]) / 3 < 0.65 * sum(train[:3]) / 3
     assert len(val) == 1 and val[-1]["AP"] > 0.08 and val[-1]["AP50"] > 0.18
+
+
+def test_bf16_autocast_training_runs(tmp_path):
+    over = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.amp=True"]
+    assert main(["train", "demo/gfl_r18_digits", "--work-dir", str(tmp_path), "--set", *over]) == 0
+    recs = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if r["mode"] == "train"]
+    assert losses and all(isinstance(v, float) for v in losses)  # finite floats (non-finite are strings)
+
+
+def test_nonfinite_loss_stops_with_message(tmp_path, capsys):
+    over = [o for o in TINY if not o.startswith("train.epochs")] + ["train.epochs=1", "train.lr=1e30",
+                                                                    "train.warmup_iters=0"]
+    rc = main(["train", "demo/gfl_r18_digits", "--work-dir", str(tmp_path), "--set", *over])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss" in err and "iteration" in err
