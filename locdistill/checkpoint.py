@@ -41,8 +41,12 @@ def _umask() -> int:
     return mask
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` to ``path`` through a temp file + ``os.replace`` (never truncated)."""
+def atomic_torch_save(obj: Any, path: str | os.PathLike, final_name: Any = None) -> Path:
+    """``torch.save`` to ``path`` through a temp file + ``os.replace`` (never truncated).
+
+    ``final_name(tmp_path) -> Path`` may choose the final name from the written bytes
+    (``convert`` inserts the file's sha256); returns the final path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -52,6 +56,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+        if final_name is not None:
+            path = Path(final_name(Path(tmp)))
         os.replace(tmp, path)
     except BaseException:
         try:

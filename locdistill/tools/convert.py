@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import numbers
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import UnloadedObject, extract_state_dict, load_checkpoint
+from ..checkpoint import UnloadedObject, atomic_torch_save, extract_state_dict, load_checkpoint
 from ..errors import CheckpointError
 
 __all__ = ["ConvertResult", "convert_checkpoint", "is_teacher_key", "publish_path", "safe_metadata", "sha256_file"]
@@ -196,23 +195,14 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     obj = {"model": student, "meta": meta}
 
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = sha256_file(tmp)  # renaming keeps the bytes, so this is the final file's hash
-        final = publish_path(out, digest)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a published file is meant to be shared
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    digests: list[str] = []
+
+    def hashed_name(tmp: Path) -> Path:  # renaming keeps the bytes: this is the final file's hash
+        digests.append(sha256_file(tmp))
+        return publish_path(out, digests[0])
+
+    final = atomic_torch_save(obj, out, final_name=hashed_name)
+    digest = digests[0]
     return ConvertResult(path=final, sha256=digest, num_tensors=len(student), stripped=dict(stripped),
                          dropped_entries=dropped_entries, dropped_meta=dropped_meta,
                          dropped_prefix=dropped_prefix, meta=meta)
