@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("demo", help="train and evaluate on the bundled digits data (the main job)")
+    s = sub.add_parser("demo", help="teacher vs student vs student + LD on the bundled digits data (the main job)")
     s.add_argument("--work-dir", default="work_dirs/demo")
     s.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     s.add_argument("--train-teacher", action="store_true",
