@@ -6,6 +6,7 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   full      + main LD + VLR-LD (0.25) + class KD (weight 10, T=2): the paper's recipe
 Diagnostics (ask for them with --variants):
   ld_vlr    main LD + VLR-LD, no class KD
+  ld_kd_c   main LD + class KD with its weight scaled by C/80 (10 -> 1.25 for 10 classes)
   ld_sum    main LD with reduction="sum" (16/3 x the per_image magnitude at 16 images per batch)
 
     python benchmarks/ld_gain.py --seeds 0 1 2 --out-dir work_dirs/ld_gain
@@ -30,6 +31,7 @@ VARIANTS = {
     "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=10.0"]),
     # diagnostics (not part of the default set)
     "ld_vlr": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=0.0"]),
+    "ld_kd_c": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=1.25"]),
     "ld_sum": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
                                           "distill.reduction=sum"]),
 }
