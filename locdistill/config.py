@@ -140,6 +140,13 @@ class DistillConfig:
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
 
+    @classmethod
+    def paper(cls, teacher_config: str, teacher_checkpoint: str) -> "DistillConfig":
+        """The LD paper's recipe: main LD 0.25/T10, VLR 0.25/T10, class KD 10/T2, "sum" reduction."""
+        return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
+                   ld_weight=0.25, ld_temperature=10.0, vlr_weight=0.25, vlr_temperature=10.0,
+                   kd_weight=10.0, kd_temperature=2.0, reduction="sum")
+
 
 @dataclass
 class Config:

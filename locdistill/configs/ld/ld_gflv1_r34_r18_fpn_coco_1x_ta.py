@@ -4,15 +4,9 @@
 # R-101 -> R-18 result (36.5 box AP) of ld_gflv1_r101_r18_fpn_coco_1x.
 # Run `locdistill train ld/ld_gflv1_r101_r34_fpn_coco_1x` first: its checkpoint holds the student
 # only, so it is used here as is (the teacher is built from that config's `model` section).
-from locdistill.config import load_config
+from locdistill.config import DistillConfig, load_config
 
 config = load_config("gfl/gfl_r18_fpn_coco_1x")
 config.data.batch_size = 3  # images per GPU: the LD code's rule (<= 3) for the "sum" reduction
 
-d = config.distill
-d.teacher_config = "ld/ld_gflv1_r101_r34_fpn_coco_1x"
-d.teacher_checkpoint = "work_dirs/ld_gflv1_r101_r34_fpn_coco_1x/latest.pth"
-d.ld_weight, d.ld_temperature = 0.25, 10.0
-d.vlr_weight, d.vlr_temperature = 0.25, 10.0
-d.kd_weight, d.kd_temperature = 10.0, 2.0
-d.reduction = "sum"
+config.distill = DistillConfig.paper("ld/ld_gflv1_r101_r34_fpn_coco_1x", "work_dirs/ld_gflv1_r101_r34_fpn_coco_1x/latest.pth")
