@@ -14,6 +14,12 @@ other processes hits both alike.
 ``--dense-scores`` zeroes both classification biases so that sigmoid scores are ~0.5
 and post-processing handles the full 1000 candidates per level (random init otherwise
 keeps almost nothing above the thresholds).
+
+``--zoo`` adds model-zoo teachers timed in the same loop (same input, same rotation),
+each reported as a ratio to the same-run GFL R-50 and FCOS R-50: GFL R-101, GFL R-101
+with DCN in C3-C5 (``torchvision.ops.deform_conv2d``) and GFLv2 R-50 (DGQP head)::
+
+    python benchmarks/bench_inference.py --iters 3 --threads 2 --zoo
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locdistill.config import ModelConfig, TestConfig  # noqa: E402
+from locdistill.config import ModelConfig, TestConfig, load_config  # noqa: E402
 from locdistill.models import build_detector  # noqa: E402
 from locdistill.postprocess import postprocess  # noqa: E402
 
@@ -48,6 +54,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     ap.add_argument("--size", default="800x1333", help="image HxW (default 800x1333)")
     ap.add_argument("--dense-scores", action="store_true", help="zero the class biases: stress post-processing")
+    ap.add_argument("--zoo", action="store_true", help="also time GFL R-101, R-101-DCN and GFLv2 R-50")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -79,14 +86,32 @@ def main() -> None:
     def run_fcos() -> int:
         return len(fcos([image / 255])[0]["scores"])
 
-    times: dict[str, list[float]] = {"gfl": [], "fcos": []}
+    def gfl_runner(model):
+        def run() -> int:
+            x = F.pad(((image - MEAN) / STD).unsqueeze(0), (0, -w % 32, 0, -h % 32))
+            return len(postprocess(model(x), metas, test_cfg, model.strides, model.reg_max)[0]["scores"])
+        return run
+
+    runners = {"gfl": run_gfl, "fcos": run_fcos}
+    zoo = {"GFL R-101": "gfl/gfl_r101_fpn_mstrain_2x_coco",
+           "GFL R-101-DCN (c3-c5)": "gfl/gfl_r101_fpn_dconv_c3-c5_mstrain_2x_coco",
+           "GFLv2 R-50": "gflv2/gflv2_r50_fpn_mstrain_2x_coco"} if args.zoo else {}
+    for label, name in zoo.items():
+        model = build_detector(load_config(name).model).eval()
+        if args.dense_scores:
+            with torch.no_grad():
+                model.bbox_head.gfl_cls.bias.zero_()
+        runners[label] = gfl_runner(model)
+
+    times: dict[str, list[float]] = {name: [] for name in runners}
     counts = {}
+    order = list(runners)
     with torch.inference_mode():
         for i in range(args.warmup + args.iters):
-            pair = (("gfl", run_gfl), ("fcos", run_fcos))
-            for name, fn in (pair if i % 2 == 0 else pair[::-1]):  # alternate who goes first
+            shift = i % len(order)  # rotate who goes first
+            for name in order[shift:] + order[:shift]:
                 t = time.perf_counter()
-                counts[name] = fn()
+                counts[name] = runners[name]()
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - t)
     ours, theirs = statistics.median(times["gfl"]), statistics.median(times["fcos"])
@@ -100,6 +125,13 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     print(f"| {h}x{w} | {args.threads} | {'dense' if args.dense_scores else 'random init'} | "
           f"{ours * 1e3:.0f} | {theirs * 1e3:.0f} | {ours / theirs:.2f} |")
+    if zoo:
+        print()
+        print("| model | ms (median) | ratio to GFL R-50 (same run) | ratio to FCOS R-50 (same run) |")
+        print("|---|---|---|---|")
+        for label in zoo:
+            t = statistics.median(times[label])
+            print(f"| {label} | {t * 1e3:.0f} | {t / ours:.2f} | {t / theirs:.2f} |")
 
 
 if __name__ == "__main__":

@@ -72,6 +72,7 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict of the model to save: unwraps DDP and Distiller (student only), on CPU."""
     m = getattr(model, "module", model)  # DDP
     m = getattr(m, "student", m)  # Distiller: never save the teacher
+    m = getattr(m, "module", m)  # its student wrapped in DDP
     return {k: v.detach().cpu() for k, v in m.state_dict().items()}
 
 
@@ -343,15 +344,21 @@ def load_model_weights(
         ckpt = load_checkpoint(ckpt)
     source = source or "checkpoint"
     sd = extract_state_dict(ckpt, source)
+    # mmdetection 2.x/3.x, GFocalV2 and LD-repo layouts: drop teacher weights, fill fixed buffers
+    from .tools.import_mmdet import mismatch_hint, normalize_state_dict
+
+    sd, _ = normalize_state_dict(sd, own=model.state_dict())
     diff = state_dict_diff(model, sd)
     if diff["shape"] or (strict and (diff["missing"] or diff["unexpected"])):
         hint = ""
         cfg = ckpt.get("config") if isinstance(ckpt, Mapping) else None
         if isinstance(cfg, Mapping) and cfg.get("name"):
             hint = f" (it was trained with config '{cfg['name']}')"
+        arch = mismatch_hint(model, sd)
         raise CheckpointError(
             f"{source} does not match the model built from the config{hint}:\n{format_diff(diff)}\n"
-            "Use the config the checkpoint was trained with (a work dir holds it as config.py), "
+            + (f"{arch}\n" if arch else "")
+            + "Use the config the checkpoint was trained with (a work dir holds it as config.py), "
             "or check model.num_classes / backbone depth / head settings."
         )
     sd = {k: v for k, v in sd.items() if k not in diff["unexpected"]}

@@ -36,13 +36,20 @@ def cmd_train(args) -> int:
     from .engine.train import fit
 
     cfg = load_config(args.config, args.overrides)
-    if args.amp:
+    if args.amp or args.amp_dtype:
         cfg.train.amp = True
+    if args.amp_dtype:
+        cfg.train.amp_dtype = {"bf16": "bfloat16", "fp16": "float16"}[args.amp_dtype]
+    if args.channels_last:
+        cfg.train.channels_last = True
     work_dir = Path(args.work_dir) if args.work_dir else _default_work_dir(cfg.name)
     resume = True if args.resume == "auto" else args.resume
     out = fit(cfg, work_dir, resume=resume)
-    print(f"checkpoint: {out['checkpoint']}")
-    print(f"work dir:   {work_dir}")
+    from .engine.dist import is_main_process
+
+    if is_main_process():  # torchrun: every rank returns here
+        print(f"checkpoint: {out['checkpoint']}")
+        print(f"work dir:   {work_dir}")
     return 0
 
 
@@ -53,13 +60,17 @@ def cmd_test(args) -> int:
     from .data.loader import build_dataloader, build_dataset
     from .engine.evaluate import evaluate
     from .engine.logging import info, metrics_table, print_table
-    from .engine.train import select_device
+    from .engine import dist
     from .models.build import build_detector
 
     cfg = load_config(args.config, args.overrides)
     ckpt = load_checkpoint(args.checkpoint)
-    val_set = build_dataset(cfg.data, "val")
-    classes = (ckpt.get("meta") or {}).get("classes")
+    device = dist.init_distributed(cfg.train.device)  # under torchrun each process scores a shard
+    with dist.main_process_first():
+        val_set = build_dataset(cfg.data, "val")
+    from .tools.import_mmdet import checkpoint_classes
+
+    classes = checkpoint_classes(ckpt)  # locdistill "classes", mmdet 2.x "CLASSES" or mmengine dataset_meta
     num_classes = len(classes) if classes else len(val_set.classes)
     if cfg.model.num_classes != num_classes:
         cfg.model.num_classes = num_classes
@@ -67,18 +78,20 @@ def cmd_test(args) -> int:
         raise LocDistillError(
             f"checkpoint {args.checkpoint} was trained on {len(classes)} classes but {val_set.json_path} "
             f"has {len(val_set.classes)}; evaluate on the dataset it was trained for")
-    device = select_device(cfg.train.device)
     model = build_detector(cfg.model)
     load_model_weights(model, ckpt, strict=True, source=str(args.checkpoint))
     model.to(device)
-    loader = build_dataloader(val_set, cfg.data.batch_size, cfg.data.workers, shuffle=False)
+    loader = build_dataloader(val_set, cfg.data.batch_size, cfg.data.workers, shuffle=False, distributed=True)
+    metric = args.eval or getattr(val_set, "default_metric", "bbox")  # VOC data: mAP
     t0 = time.perf_counter()
-    metrics, results = evaluate(model, loader, cfg, val_set, device, out=args.out)
+    metrics, results = evaluate(model, loader, cfg, val_set, device, out=args.out, metric=metric)
     dt = time.perf_counter() - t0
-    print_table(metrics_table([(cfg.name, metrics)], title=f"{cfg.name}: {val_set.json_path} (COCO bbox)"))
+    kind = {"bbox": "COCO bbox", "mAP": "VOC mAP"}[metric]
+    columns = {"columns": ("mAP", "AP", "AP50", "AP75", "AR100")} if metric == "mAP" else {}
+    print_table(metrics_table([(cfg.name, metrics)], title=f"{cfg.name}: {val_set.json_path} ({kind})", **columns))
     metrics_path = Path(args.metrics_out) if args.metrics_out else (
         Path(args.out).with_suffix(".metrics.json") if args.out else None)
-    if metrics_path is not None:
+    if metrics_path is not None and dist.is_main_process():
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text(json.dumps({"config": cfg.name, "checkpoint": str(args.checkpoint),
                                             "num_images": len(val_set), **metrics}, indent=2))
@@ -86,6 +99,16 @@ def cmd_test(args) -> int:
     if args.out:
         info(f"detections ({len(results)}): {args.out}")
     info(f"evaluated {len(val_set)} images in {dt:.1f} s")
+    dist.cleanup_distributed()
+    return 0
+
+
+def cmd_import_mmdet(args) -> int:
+    from .tools.import_mmdet import import_checkpoint
+
+    result = import_checkpoint(args.input, args.output, config=args.config)
+    for line in result.summary():
+        print(line)
     return 0
 
 
@@ -95,6 +118,13 @@ def cmd_convert(args) -> int:
     result = convert_checkpoint(args.input, args.output, half=args.half)
     for line in result.summary():
         print(line)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from .tools.plot import plot_metrics
+
+    print(f"plot: {plot_metrics(args.work_dir, args.out)}")
     return 0
 
 
@@ -130,13 +160,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
                    help="resume from CKPT, or from the latest checkpoint in the work dir")
     s.add_argument("--amp", action="store_true", help="bf16 autocast for the forward passes (losses stay float32)")
+    s.add_argument("--amp-dtype", choices=["bf16", "fp16"],
+                   help="autocast dtype (implies --amp); fp16 needs CUDA and trains with a GradScaler")
+    s.add_argument("--channels-last", action="store_true",
+                   help="channels-last (NHWC) memory format for model and images (faster convolutions on GPUs)")
     _add_set(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("test", help="evaluate a checkpoint: locdistill test CONFIG CKPT")
     s.add_argument("config")
     s.add_argument("checkpoint")
-    s.add_argument("--eval", default="bbox", choices=["bbox"], help="metric (COCO bbox)")
+    s.add_argument("--eval", default=None, choices=["bbox", "mAP"],
+                   help="metric: COCO box AP (bbox) or Pascal VOC mAP (mAP, with the per-class table and "
+                        "AP50…AP95); default: bbox, or mAP on VOC data")
     s.add_argument("--out", help="write COCO-format detections to this JSON")
     s.add_argument("--metrics-out", help="write the metrics JSON here (default: next to --out)")
     _add_set(s)
@@ -150,6 +186,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", metavar="OUT", help="output path; the hash is inserted before .pth")
     s.add_argument("--half", action="store_true", help="store floating-point weights as float16")
     s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("plot", help="draw loss terms, learning rate and AP of a run into a PNG")
+    s.add_argument("work_dir", metavar="WORK_DIR", help="a training work dir (reads its metrics.jsonl)")
+    s.add_argument("--out", help="PNG to write (default WORK_DIR/metrics.png)")
+    s.set_defaults(func=cmd_plot)
+
+    s = sub.add_parser("import-mmdet", help="import an mmdetection / GFocalV2 / LD-repo GFL checkpoint",
+                       description="Read an mmdetection 2.x/3.x, GFocalV2-repo or LD-repo GFL checkpoint safely "
+                                   "(no pickled code runs), drop teacher weights, check every key and shape "
+                                   "against the config (given, or the shipped config its architecture matches) "
+                                   "and write a locdistill checkpoint with that config and the class names. "
+                                   "train/test/distillation also read such files directly.")
+    s.add_argument("input", metavar="IN", help="checkpoint to import (.pth)")
+    s.add_argument("output", metavar="OUT", help="locdistill checkpoint to write")
+    s.add_argument("--config", metavar="NAME", help="config the weights must fit (default: guessed from the keys)")
+    s.set_defaults(func=cmd_import_mmdet)
 
     s = sub.add_parser("configs", help="list the shipped configs")
     s.set_defaults(func=cmd_configs)
@@ -167,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     except LocDistillError as e:
         if args.debug:
             raise
-        print(f"locdistill: error: {e}", file=sys.stderr)
+        if not getattr(e, "quiet", False):  # set on the ranks > 0 of an error every rank raises
+            print(f"locdistill: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("locdistill: interrupted", file=sys.stderr)

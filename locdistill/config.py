@@ -32,6 +32,11 @@ class BackboneConfig:
     frozen_stages: int = 1  # -1: nothing frozen; 1: stem + layer1 frozen (mmdet)
     norm_eval: bool = True  # keep every BatchNorm in eval mode while training
     pretrained: str = ""  # "" (random init), "torchvision" (download if possible) or a file
+    type: str = "resnet"  # "resnet" (ResNet / ResNeXt) or "res2net" (deep stem, avg-down)
+    groups: int = 1  # ResNeXt cardinality (32 for X-101-32x4d); 1 = plain ResNet
+    base_width: int = 0  # ResNeXt width per group / Res2Net width per scale; 0 = standard (4 / 26)
+    scales: int = 4  # Res2Net scales (the "4s" of 26w×4s)
+    dcn_stages: Tuple[int, ...] = ()  # deformable 3×3 convs in these stages (layer1..4): (2, 3, 4) = dconv_c3-c5
 
 
 @dataclass
@@ -43,7 +48,9 @@ class NeckConfig:
 
 @dataclass
 class HeadConfig:
-    type: str = "gfl"  # "gfl" (GFocal v1)
+    type: str = "gfl"  # "gfl" (GFocal v1) or "gflv2" (GFocal v2: DGQP quality branch `reg_conf`)
+    reg_topk: int = 4  # GFLv2 DGQP: top-k bin probabilities per side (+ their mean)
+    reg_channels: int = 64  # GFLv2 DGQP hidden width
     feat_channels: int = 256
     stacked_convs: int = 4
     num_groups: int = 32  # GroupNorm groups in the towers
@@ -73,14 +80,14 @@ class LossConfig:
 class TestConfig:
     score_thr: float = 0.05
     nms_pre: int = 1000  # top-k candidates per level
-    nms: str = "nms"  # "nms" (class-aware, torchvision)
+    nms: str = "nms"  # "nms" (class-aware, torchvision) or "voting_cluster_diou" (LD's score-voting Cluster-DIoU-NMS)
     iou_thr: float = 0.6
     max_per_img: int = 100
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "coco"  # "coco" (any COCO-format JSON) or "digits" (bundled)
+    dataset: str = "coco"  # "coco" (any COCO-format JSON), "voc" (Pascal VOC XML) or "digits" (bundled)
     train_json: str = "data/coco/annotations/instances_train2017.json"
     train_images: str = "data/coco/train2017"
     val_json: str = "data/coco/annotations/instances_val2017.json"
@@ -100,6 +107,13 @@ class DataConfig:
     digits_val: int = 500
     digits_image_size: int = 160
     digits_seed: int = 0
+    # Pascal VOC (used when dataset == "voc"): "VOC2007/trainval" = a split of a VOCdevkit folder,
+    # "VOC2007" or any folder = all its XMLs (VOCdevkit layout or images + XMLs side by side)
+    voc_root: str = "data/VOCdevkit"
+    voc_train: Tuple[str, ...] = ("VOC2007/trainval", "VOC2012/trainval")
+    voc_val: Tuple[str, ...] = ("VOC2007/test",)
+    map_mode: str = "auto"  # VOC mAP: "11points", "area" or "auto" (11points on VOC2007, as the devkit)
+    repeat: int = 1  # the training set is repeated this many times per epoch (VOC: 3, as the LD paper)
 
 
 @dataclass
@@ -122,6 +136,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     amp: bool = False
+    amp_dtype: str = "bfloat16"  # "bfloat16" (CPU or CUDA) or "float16" (CUDA, with a GradScaler)
+    channels_last: bool = False  # NHWC memory format for the model and the images (faster convs on GPUs)
+    skip_nonfinite: bool = False  # skip (and count) steps whose loss is NaN/inf instead of stopping
+    deterministic: bool = False  # torch.use_deterministic_algorithms, no cuDNN autotuning (exact repeats)
+    tensorboard: bool = True  # also write TensorBoard events to work_dir/tb when tensorboard is installed
     max_iters_per_epoch: Optional[int] = None  # cap (smoke tests, debugging)
 
 

@@ -56,16 +56,21 @@ class Distiller(nn.Module):
 
     # mirror the student's attributes so engine code can treat both alike
     @property
+    def student_detector(self) -> nn.Module:
+        """The student itself, also when the engine wrapped it in DistributedDataParallel."""
+        return getattr(self.student, "module", self.student)
+
+    @property
     def strides(self):
-        return self.student.strides
+        return self.student_detector.strides
 
     @property
     def reg_max(self) -> int:
-        return self.student.reg_max
+        return self.student_detector.reg_max
 
     @property
     def num_classes(self) -> int:
-        return self.student.num_classes
+        return self.student_detector.num_classes
 
     def train(self, mode: bool = True) -> "Distiller":
         super().train(mode)

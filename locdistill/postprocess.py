@@ -7,6 +7,10 @@ resized image; then all levels together: rescaled to the original image
 (÷ ``scale_factor``), boxes with width or height ≤ 0 dropped, class-aware NMS,
 the best ``max_per_img`` kept. The whole batch is processed with tensor ops; NMS runs
 once for the batch with (image, class) groups.
+
+``test.nms`` picks the NMS: ``"nms"`` (hard NMS, torchvision) or
+``"voting_cluster_diou"`` (the LD code's score-voting Cluster-DIoU-NMS, DESIGN §6,
+:func:`voting_cluster_diou_nms`).
 """
 from __future__ import annotations
 
@@ -34,8 +38,188 @@ def _nms(boxes: Tensor, scores: Tensor, groups: Tensor, test_cfg: TestConfig) ->
     return boxes[keep], scores[keep], keep
 
 
-# Dispatch point for ``test_cfg.nms``; "voting_cluster_diou" (DESIGN §6) registers here.
-NMS_METHODS: dict[str, NmsFn] = {"nms": _nms}
+# ----------------------------------------------------------------------------------
+# score-voting Cluster-DIoU-NMS (DESIGN §6)
+
+VOTE_THR = 0.7  # boxes with DIoU > VOTE_THR to a kept box vote for its coordinates
+VOTE_SIGMA = 0.025  # vote weight exp(-(1 - DIoU)^2 / VOTE_SIGMA) * score
+DIOU_BETA = 0.8  # DIoU = IoU - (rho^2 / c^2) ** DIOU_BETA
+
+
+def pair_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of matching rows: ``a [..., 4]``, ``b [..., 4]`` (xyxy) → ``[...]``."""
+    wh = (torch.minimum(a[..., 2:], b[..., 2:]) - torch.maximum(a[..., :2], b[..., :2])).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a + area_b - inter).clamp(min=1e-12)
+
+
+def pair_diou(a: Tensor, b: Tensor, beta: float = DIOU_BETA, iou: Tensor | None = None) -> Tensor:
+    """The LD code's DIoU of matching rows: ``IoU - (rho^2 / (c^2 + 1e-7)) ** beta``.
+
+    ``rho``: distance of the box centres; ``c``: diagonal of the smallest box enclosing
+    both. ``a [..., 4]``, ``b [..., 4]`` → ``[...]``; ``iou`` may pass a precomputed IoU.
+    """
+    if iou is None:
+        iou = pair_iou(a, b)
+    rho2 = (((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:])) / 2).square().sum(-1)
+    c2 = (torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])).square().sum(-1)
+    return iou - (rho2 / (c2 + 1e-7)).pow(beta)
+
+
+def _overlapping_pairs(boxes: Tensor, groups: Tensor, min_iou: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Every pair ``(i, j)``, ``i < j``, of the same group with ``IoU > min_iou``.
+
+    Exact candidate pruning without an N×N matrix: after sorting each group by ``x1``, a
+    box ``j`` with ``x1_j >= x1_i + (1 - min_iou)·w_i`` overlaps ``i`` by less than
+    ``min_iou·w_i`` in x, so their IoU is ≤ ``min_iou``; only the boxes inside that window
+    (found by ``searchsorted``) are paired and their IoU computed.
+
+    Args: boxes ``[N, 4]``, groups ``[N]`` int64, ``min_iou`` in [0, 1).
+    Returns: ``i [P]``, ``j [P]`` (int64, ``i < j``) and ``iou [P]``.
+    """
+    n, device = boxes.shape[0], boxes.device
+    perm = torch.argsort(boxes[:, 0], stable=True)
+    perm = perm[torch.argsort(groups[perm], stable=True)]  # positions sorted by (group, x1)
+    x1, y1, x2, y2 = boxes[perm].unbind(1)
+    area = (x2 - x1) * (y2 - y1)
+    xs, width = x1.double(), (x2 - x1).double().clamp(min=0)
+    span = float(xs.max() - xs.min()) + float(width.max()) + 1.0
+    if min_iou > 0:  # a slightly wider window than the bound: rounding never drops a pair
+        window = (1.0 - min_iou) * width * 1.001 + 1e-3
+    else:
+        window = torch.full_like(width, span)
+    key = groups[perm].double() * (2 * span) + (xs - xs.min())
+    end = torch.searchsorted(key, key + window)  # first position outside the window (or group)
+    counts = (end - torch.arange(1, n + 1, device=device)).clamp(min=0)
+    p = torch.repeat_interleave(torch.arange(n, device=device), counts)  # [P] left box
+    q = torch.arange(p.numel(), device=device) - torch.repeat_interleave(
+        torch.cumsum(counts, 0) - counts - torch.arange(1, n + 1, device=device), counts)  # [P] right box
+    # IoU; x1[q] >= x1[p] in this order, so the intersection starts at x1[q]
+    table = torch.stack((x1, y1, x2, y2, area))  # [5, n]: one gather per side
+    bp, bq = table.index_select(1, p), table.index_select(1, q)  # [5, P]
+    iw = (torch.minimum(bp[2], bq[2]) - bq[0]).clamp_(min=0)
+    ih = (torch.minimum(bp[3], bq[3]) - torch.maximum(bp[1], bq[1])).clamp_(min=0)
+    inter = iw * ih
+    iou = inter / (bp[4] + bq[4] - inter).clamp_(min=1e-12)
+    close = (iou > min_iou).nonzero().squeeze(1)
+    a, b = perm[p[close]], perm[q[close]]
+    return torch.minimum(a, b), torch.maximum(a, b), iou[close]
+
+
+def voting_cluster_diou_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thr: float = 0.6,
+                            vote_thr: float = VOTE_THR, sigma: float = VOTE_SIGMA, beta: float = DIOU_BETA,
+                            max_num: int = -1, penalty: bool = True, voting: bool = True,
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """Score-voting Cluster-DIoU-NMS (the LD code's ``voting_cluster_diounms``, DESIGN §6).
+
+    Candidates are ranked by score (descending, ties in input order). Boxes of different
+    ``groups`` (image × class) never interact. Cluster-NMS: a box is suppressed when a
+    *kept* box ranked above it has ``DIoU > iou_thr``, iterated from "all kept" until the
+    kept set stops changing (the fixed point equals greedy DIoU-NMS). Then every kept box
+    becomes the weighted mean of itself and the boxes ranked below it with
+    ``DIoU > vote_thr`` to it (the upper triangle of the LD code's matrix), weights
+    ``exp(-(1 - DIoU)^2 / sigma) · score``; scores are unchanged.
+
+    This is the exact equivalent of the dense algorithm (:func:`voting_cluster_diou_nms_dense`)
+    computed on the sparse set of same-group pairs with ``IoU > min(iou_thr, vote_thr)``
+    (the only pairs that can suppress or vote, since DIoU ≤ IoU).
+
+    Args:
+        boxes: ``[N, 4]`` xyxy; scores: ``[N]``; groups: ``[N]`` int64 (e.g. ``image·C + label``).
+        iou_thr: suppression threshold on DIoU; vote_thr, sigma: voting; beta: DIoU penalty exponent.
+        max_num: keep at most this many (the best); ≤ 0 keeps all.
+        penalty: False uses plain IoU (Cluster-NMS, which keeps what greedy NMS keeps).
+        voting: False returns the kept boxes unchanged.
+    Returns:
+        ``boxes [K, 4]`` (voted), ``scores [K]`` and ``keep [K]`` (indices into the inputs),
+        sorted by score, descending.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes_s, scores_s, groups_s = boxes[order].float(), scores[order].float(), groups[order]
+    # indices below are ranks: i < j means i scored at least as high as j
+    i, j, iou = _overlapping_pairs(boxes_s, groups_s, max(min(iou_thr, vote_thr if voting else 1.0), 0.0))
+    if penalty:
+        diou = pair_diou(boxes_s.index_select(0, i), boxes_s.index_select(0, j), beta, iou=iou)
+    else:
+        diou = iou
+
+    over = diou > iou_thr
+    sup_i, sup_j = i[over], j[over]
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    for _ in range(n + 1):  # converges in at most n rounds (rank k is final after k + 1)
+        hits = torch.zeros(n, device=boxes.device).index_add_(0, sup_j, keep[sup_i].float())
+        new_keep = hits == 0
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+
+    kept = keep.nonzero().squeeze(1)
+    if max_num > 0:
+        kept = kept[:max_num]
+    if not voting:
+        return boxes[order[kept]], scores[order[kept]], order[kept]
+    vote = (diou > vote_thr) & keep[i]
+    vi, vj, vd = i[vote], j[vote], diou[vote]
+    weight = torch.exp(-(1 - vd).square() / sigma) * scores_s[vj]  # [V]
+    num = (boxes_s * scores_s[:, None]).index_add_(0, vi, boxes_s[vj] * weight[:, None])
+    den = scores_s.clone().index_add_(0, vi, weight)
+    den = den[kept, None]
+    voted = torch.where(den > 0, num[kept] / den, boxes_s[kept]).to(boxes.dtype)  # all-zero scores: unchanged
+    return voted, scores[order[kept]], order[kept]
+
+
+def voting_cluster_diou_nms_dense(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thr: float = 0.6,
+                                  vote_thr: float = VOTE_THR, sigma: float = VOTE_SIGMA, beta: float = DIOU_BETA,
+                                  max_num: int = -1, penalty: bool = True, voting: bool = True,
+                                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """The literal DESIGN §6 algorithm on one N×N DIoU matrix (reference; O(N²) memory).
+
+    Boxes are offset by ``group · C`` (C larger than any coordinate) so that groups never
+    overlap, the matrix is computed in float64, Cluster-NMS runs on its upper triangle and
+    voting on the kept rows. Same arguments and results as :func:`voting_cluster_diou_nms`.
+    """
+    n = boxes.shape[0]
+    if n == 0:
+        return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = torch.argsort(scores, descending=True, stable=True)
+    b, s = boxes[order].double(), scores[order].double()
+    offset = (b.abs().max() * 4 + 1) * groups[order].double()
+    shifted = b + offset[:, None]
+    pairwise = pair_diou if penalty else (lambda a, b_, _beta: pair_iou(a, b_))
+    diou = pairwise(shifted[:, None, :], shifted[None, :, :], beta)  # [N, N]
+    upper = diou.triu(diagonal=1)
+    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
+    for _ in range(n + 1):
+        new_keep = (upper * keep[:, None]).amax(dim=0) <= iou_thr
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    if not voting:
+        kept = keep.nonzero().squeeze(1)[: max_num if max_num > 0 else None]
+        return boxes[order[kept]], scores[order[kept]], order[kept]
+    rows = diou.triu()[keep]  # [K, N]: each kept box with itself and the boxes ranked below
+    weight = torch.where(rows > vote_thr, torch.exp(-(1 - rows).square() / sigma), 0.0) * s[None]
+    den = weight.sum(1, keepdim=True)
+    voted = torch.where(den > 0, (weight @ b) / den, b[keep])
+    kept = keep.nonzero().squeeze(1)
+    if max_num > 0:
+        kept, voted = kept[:max_num], voted[:max_num]
+    return voted.to(boxes.dtype), scores[order[kept]], order[kept]
+
+
+def _voting_cluster_diou(boxes: Tensor, scores: Tensor, groups: Tensor,
+                         test_cfg: TestConfig) -> tuple[Tensor, Tensor, Tensor]:
+    """``test.nms="voting_cluster_diou"``: :func:`voting_cluster_diou_nms` at ``test.iou_thr``."""
+    return voting_cluster_diou_nms(boxes, scores, groups, iou_thr=test_cfg.iou_thr)
+
+
+# Dispatch point for ``test_cfg.nms``.
+NMS_METHODS: dict[str, NmsFn] = {"nms": _nms, "voting_cluster_diou": _voting_cluster_diou}
 
 
 def get_nms(name: str) -> NmsFn:

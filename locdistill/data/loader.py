@@ -2,10 +2,10 @@
 
 Reproducibility: the order of the images is a function of ``(seed, epoch)`` only
 (call ``loader.sampler.set_epoch(epoch)`` or :func:`set_epoch` before each epoch).
-The random resize/flip draws use torch's generator, which DataLoader seeds in each
-worker process from the loader's own generator (seeded from ``seed`` and the rank);
-:func:`worker_init_fn` seeds ``random`` and numpy from it too. With ``workers=0`` the
-draws come from the main process's global generator (the engine seeds it).
+The random resize/flip draws of each image use torch's generator re-seeded from
+``(seed, epoch, index)`` (:class:`SeededDataset`), so they are the same with any number
+of workers or DDP processes and after resuming in the middle of an epoch;
+:func:`worker_init_fn` seeds ``random`` and numpy in each worker from torch's seed.
 """
 from __future__ import annotations
 
@@ -24,6 +24,19 @@ from .digits import ensure_digits
 from .transforms import build_transforms
 
 
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros of ``shape``; inside a DataLoader worker allocated in shared memory, so handing the
+    batch to the main process needs no extra copy (what ``default_collate`` does too)."""
+    if torch.utils.data.get_worker_info() is not None:
+        try:
+            numel = math.prod(shape)
+            storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape).zero_()
+        except (AttributeError, RuntimeError):  # private API gone or shared memory refused: plain memory
+            pass
+    return torch.zeros(shape, dtype=dtype)
+
+
 def collate(
     batch: Sequence[tuple[torch.Tensor, dict]], size_divisor: int = 32
 ) -> tuple[torch.Tensor, list[dict]]:
@@ -31,6 +44,8 @@ def collate(
     the bottom/right (after normalisation) to multiples of ``size_divisor``.
 
     Each target gets ``pad_shape (h, w)``: its own ``img_shape`` rounded up to ``size_divisor``.
+    The targets' ``boxes`` / ``labels`` become views into one tensor each for the batch, so a
+    worker process hands the batch over with two shared-memory blocks instead of two per image.
     """
     images, targets = zip(*batch)
     pad_shapes = [
@@ -38,69 +53,112 @@ def collate(
         for im in images
     ]
     hp, wp = max(p[0] for p in pad_shapes), max(p[1] for p in pad_shapes)
-    out = images[0].new_zeros((len(images), images[0].shape[0], hp, wp))
+    out = _batch_tensor((len(images), images[0].shape[0], hp, wp), images[0].dtype)
     for i, im in enumerate(images):
         out[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
-    return out, [dict(t, pad_shape=p) for t, p in zip(targets, pad_shapes)]
+    targets = [dict(t, pad_shape=p) for t, p in zip(targets, pad_shapes)]
+    for key in ("boxes", "labels"):
+        if all(isinstance(t.get(key), torch.Tensor) for t in targets):
+            counts = [t[key].shape[0] for t in targets]
+            for t, packed in zip(targets, torch.cat([t[key] for t in targets]).split(counts)):
+                t[key] = packed
+    return out, targets
 
 
-def build_dataset(data_cfg, split: str) -> CocoDetection:
+def build_dataset(data_cfg, split: str):
     """The ``"train"`` or ``"val"`` dataset of a data config.
 
     ``data.dataset == "digits"`` generates (once) and uses the bundled digits scenes;
-    ``"coco"`` reads ``data.{split}_json`` / ``data.{split}_images``. The train split uses
-    the training transforms and ``data.filter_empty_gt``; val keeps every image.
+    ``"coco"`` reads ``data.{split}_json`` / ``data.{split}_images``; ``"voc"`` reads the
+    Pascal VOC folders ``data.voc_{split}`` under ``data.voc_root`` (a
+    :class:`~locdistill.data.voc.VOCDetection`). The train split uses the training
+    transforms and ``data.filter_empty_gt``, and is repeated ``data.repeat`` times
+    (:class:`~locdistill.data.repeat.RepeatDataset`); val keeps every image once.
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    if data_cfg.dataset == "digits":
-        paths = ensure_digits(
-            data_cfg.digits_root, data_cfg.digits_train, data_cfg.digits_val,
-            data_cfg.digits_image_size, data_cfg.digits_seed,
-        )
-        json_path, images_dir = paths[f"{split}_json"], paths[f"{split}_images"]
-    elif data_cfg.dataset == "coco":
-        json_path = getattr(data_cfg, f"{split}_json")
-        images_dir = getattr(data_cfg, f"{split}_images")
-    else:
-        raise ConfigError(f"data.dataset={data_cfg.dataset!r} is not supported; use 'coco' or 'digits'")
     train = split == "train"
-    return CocoDetection(
-        json_path,
-        images_dir,
-        transforms=build_transforms(data_cfg, train=train),
-        classes=list(data_cfg.classes) if data_cfg.classes else None,
-        filter_empty_gt=bool(data_cfg.filter_empty_gt) and train,
-        skip_bad=data_cfg.skip_bad,
-    )
+    classes = list(data_cfg.classes) if data_cfg.classes else None
+    if data_cfg.dataset == "voc":
+        from .voc import VOCDetection
+
+        dataset = VOCDetection(getattr(data_cfg, f"voc_{split}"), data_cfg.voc_root,
+                               transforms=build_transforms(data_cfg, train=train), classes=classes,
+                               filter_empty_gt=bool(data_cfg.filter_empty_gt) and train, skip_bad=data_cfg.skip_bad)
+    else:
+        if data_cfg.dataset == "digits":
+            paths = ensure_digits(
+                data_cfg.digits_root, data_cfg.digits_train, data_cfg.digits_val,
+                data_cfg.digits_image_size, data_cfg.digits_seed,
+            )
+            json_path, images_dir = paths[f"{split}_json"], paths[f"{split}_images"]
+        elif data_cfg.dataset == "coco":
+            json_path = getattr(data_cfg, f"{split}_json")
+            images_dir = getattr(data_cfg, f"{split}_images")
+        else:
+            raise ConfigError(f"data.dataset={data_cfg.dataset!r} is not supported; use 'coco', 'voc' or 'digits'")
+        dataset = CocoDetection(
+            json_path,
+            images_dir,
+            transforms=build_transforms(data_cfg, train=train),
+            classes=classes,
+            filter_empty_gt=bool(data_cfg.filter_empty_gt) and train,
+            skip_bad=data_cfg.skip_bad,
+        )
+    if train and data_cfg.repeat != 1:
+        if data_cfg.repeat < 1:
+            raise ConfigError(f"data.repeat={data_cfg.repeat} must be >= 1 (the training set's repetitions per epoch)")
+        from .repeat import RepeatDataset
+
+        dataset = RepeatDataset(dataset, data_cfg.repeat)
+    return dataset
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler):
     """Indices of one epoch: a permutation seeded by ``seed + epoch`` (or in order), then
     this rank's share ``[rank::world_size]``.
 
     With ``pad`` (default: when shuffling) the index list is first extended by repeating
     its start so that every rank gets the same number of items (needed by DDP training);
     without it (evaluation) the shares may differ by one and no image is seen twice.
+
+    ``set_epoch(epoch, start)`` skips the first ``start`` items of this rank's share
+    (resuming in the middle of an epoch); ``len()`` counts the items still to come.
+    With ``seeded`` the sampler yields ``(index, item_seed)`` pairs for
+    :class:`SeededDataset`: each image's random augmentation is then a function of
+    ``(seed, epoch, index)`` alone, whatever the number of workers, processes or
+    where a run was resumed.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 pad: Optional[bool] = None):
+                 pad: Optional[bool] = None, seeded: bool = False):
         self.size, self.shuffle, self.seed = int(size), bool(shuffle), int(seed)
         self.rank, self.world_size = int(rank), int(world_size)
         self.pad = self.shuffle if pad is None else bool(pad)
+        self.seeded = bool(seeded)
         self.epoch = 0
+        self.start = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (call before iterating each epoch)."""
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the permutation of ``epoch`` (call before iterating each epoch) and skip the
+        first ``start`` items of this rank's share."""
+        if not 0 <= start <= self.epoch_length:
+            raise ValueError(f"start={start} is outside this rank's epoch of {self.epoch_length} items")
         self.epoch = int(epoch)
+        self.start = int(start)
+
+    def _order(self) -> tuple[list[int], list[int]]:
+        """(indices of the whole epoch, one augmentation seed per dataset index)."""
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        idx = torch.randperm(self.size, generator=g).tolist() if self.shuffle else list(range(self.size))
+        seeds = torch.randint(0, 2**62, (self.size,), generator=g).tolist() if self.seeded else []
+        return idx, seeds
 
     def _indices(self) -> list[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            idx = torch.randperm(self.size, generator=g).tolist()
-        else:
-            idx = list(range(self.size))
+        idx, _ = self._order()
+        return self._share(idx)
+
+    def _share(self, idx: list[int]) -> list[int]:
         if self.world_size > 1:
             if self.pad and idx:
                 total = math.ceil(self.size / self.world_size) * self.world_size
@@ -108,15 +166,51 @@ class EpochSampler(Sampler[int]):
             idx = idx[self.rank :: self.world_size]
         return idx
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices())
+    def __iter__(self) -> Iterator:
+        idx, seeds = self._order()
+        share = self._share(idx)[self.start :]
+        if self.seeded:
+            return iter([(i, seeds[i]) for i in share])
+        return iter(share)
 
-    def __len__(self) -> int:
+    @property
+    def epoch_length(self) -> int:
+        """Items of this rank's share in a whole epoch (``len(self) + self.start``)."""
         if self.world_size == 1:
             return self.size
         if self.pad:
             return math.ceil(self.size / self.world_size)
         return len(range(self.rank, self.size, self.world_size))
+
+    def __len__(self) -> int:
+        return self.epoch_length - self.start
+
+    def state_dict(self) -> dict:
+        """Where the sampler stands: ``{"epoch", "start", "seed", "world_size"}``."""
+        return {"epoch": self.epoch, "start": self.start, "seed": self.seed, "world_size": self.world_size}
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that ``dataset[(index, seed)]`` runs its random transforms from
+    ``torch.manual_seed(seed)``; the caller's (or worker's) global torch generator is
+    left as it was. Keys come from an :class:`EpochSampler` with ``seeded=True``.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        gen = torch.default_generator  # the CPU generator the transforms draw from
+        saved = gen.get_state()  # (much cheaper than torch.random.fork_rng + torch.manual_seed)
+        gen.manual_seed(seed)
+        try:
+            return self.dataset[index]
+        finally:
+            gen.set_state(saved)
 
 
 def worker_init_fn(worker_id: int) -> None:
@@ -142,15 +236,18 @@ def build_dataloader(
     ``loader.sampler`` is an :class:`EpochSampler`; call :func:`set_epoch` each epoch for a
     fresh, reproducible order. ``distributed`` shards by ``torch.distributed`` rank (training
     shards are padded to equal length, evaluation shards are not). Worker processes are
-    persistent when ``workers > 0``.
+    persistent when ``workers > 0``. Each item's random transforms are seeded from
+    ``(seed, epoch, index)`` (:class:`SeededDataset`), so the batches of an epoch do not
+    depend on the number of workers or processes, nor on where a run was resumed;
+    ``loader.dataset`` is that wrapper (the original is ``loader.dataset.dataset``).
     """
     rank, world = 0, 1
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world)
+    sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world, seeded=True)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     return DataLoader(
-        dataset,
+        SeededDataset(dataset),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
@@ -163,7 +260,10 @@ def build_dataloader(
     )
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Select ``epoch``'s shuffling order of a loader made by :func:`build_dataloader`."""
-    if hasattr(loader.sampler, "set_epoch"):
+def set_epoch(loader: DataLoader, epoch: int, start_batch: int = 0) -> None:
+    """Select ``epoch``'s shuffling order of a loader made by :func:`build_dataloader`,
+    starting at batch ``start_batch`` of this rank's share (mid-epoch resume)."""
+    if isinstance(loader.sampler, EpochSampler):
+        loader.sampler.set_epoch(epoch, start=min(start_batch * loader.batch_size, loader.sampler.epoch_length))
+    elif hasattr(loader.sampler, "set_epoch"):
         loader.sampler.set_epoch(epoch)

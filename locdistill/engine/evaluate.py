@@ -12,13 +12,15 @@ from torch import nn
 from ..config import Config
 from ..evaluation.coco import coco_evaluate, detections_to_coco
 from ..postprocess import postprocess
+from . import dist
 from .logging import make_progress
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The detector inside DDP / Distiller wrappers (the student when distilling)."""
     m = getattr(model, "module", model)
-    return getattr(m, "student", m)
+    m = getattr(m, "student", m)
+    return getattr(m, "module", m)  # a student wrapped in DDP inside the Distiller
 
 
 def image_metas(targets: list[dict]) -> list[dict]:
@@ -62,19 +64,35 @@ def predict_loader(model: nn.Module, loader, cfg: Config, device: torch.device,
 
 
 def evaluate(model: nn.Module, loader, cfg: Config, dataset, device: torch.device,
-             progress: bool = True, out: str | os.PathLike | None = None) -> tuple[dict[str, float], list[dict]]:
-    """COCO bbox metrics of ``model`` on ``dataset`` (the loader's dataset).
+             progress: bool = True, out: str | os.PathLike | None = None,
+             metric: str | None = None) -> tuple[dict[str, float], list[dict]]:
+    """COCO bbox metrics (or VOC mAP) of ``model`` on ``dataset`` (the loader's dataset).
 
-    Returns ``(metrics, coco_results)``; metrics hold AP, AP50, AP75, APs, APm, APl,
-    AR1, AR10, AR100, ARs, ARm, ARl as fractions. ``out`` writes the COCO results JSON
-    with the dataset's own image and category ids.
+    Returns ``(metrics, coco_results)``; with ``metric="bbox"`` metrics hold AP, AP50, AP75,
+    APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl as fractions; with ``metric="mAP"``
+    (:func:`locdistill.evaluation.voc.voc_metrics`, the per-class table is printed) mAP,
+    AP, AP50 … AP95 and AR100. ``metric=None`` takes the dataset's ``default_metric``
+    (``"mAP"`` for VOC, ``"bbox"`` otherwise). ``out`` writes the COCO results JSON with
+    the dataset's own image and category ids.
     """
     detections, image_ids = predict_loader(model, loader, cfg, device, progress)
+    if dist.is_distributed():  # each rank predicted its shard: rank 0 scores them all, the others wait
+        detections, image_ids = dist.gather_detections(detections, image_ids)
+        if not dist.is_main_process():
+            return dist.broadcast_from_main(None), []
     results = detections_to_coco(detections, image_ids, dataset.cat_ids)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(str(out) + ".tmp")
         tmp.write_text(json.dumps(results))
         os.replace(tmp, out)
-    metrics = coco_evaluate(dataset.json_path, results, cat_ids=list(dataset.cat_ids), img_ids=image_ids)
-    return metrics, results
+    if (metric or getattr(dataset, "default_metric", "bbox")) == "mAP":
+        from ..evaluation.voc import format_voc_table, voc_metrics
+        from .logging import console
+
+        metrics, table = voc_metrics(dataset, detections, image_ids, mode=cfg.data.map_mode)
+        console.print(format_voc_table(table, dataset.classes), markup=False, soft_wrap=True)
+    else:
+        gt = dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path  # VOC data: as COCO
+        metrics = coco_evaluate(gt, results, cat_ids=list(dataset.cat_ids), img_ids=image_ids)
+    return dist.broadcast_from_main(metrics), results

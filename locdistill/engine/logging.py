@@ -13,14 +13,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .dist import is_main_process
+
 console = Console(stderr=False, highlight=False)
 
 COCO_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def progress_enabled() -> bool:
-    """Progress bars unless LOCDISTILL_NO_PROGRESS is set (tests, CI logs)."""
-    return not os.environ.get("LOCDISTILL_NO_PROGRESS")
+    """Progress bars on rank 0 only, unless LOCDISTILL_NO_PROGRESS is set (tests, CI logs)."""
+    return not os.environ.get("LOCDISTILL_NO_PROGRESS") and is_main_process()
 
 
 def make_progress(transient: bool = False) -> Progress:
@@ -48,9 +50,15 @@ def _jsonable(v: Any) -> Any:
 
 
 class MetricsLogger:
-    """Appends one JSON object per line to ``work_dir/metrics.jsonl`` (and TensorBoard if asked)."""
+    """Appends one JSON object per line to ``work_dir/metrics.jsonl`` (and TensorBoard if asked).
 
-    def __init__(self, work_dir: str | os.PathLike | None, tensorboard: bool = False):
+    ``tensorboard=True`` also writes events to ``work_dir/tb`` when the ``tensorboard``
+    package is importable, and is silently skipped otherwise. ``work_dir=None`` logs
+    nothing (the non-main ranks of a distributed run).
+    """
+
+    def __init__(self, work_dir: str | os.PathLike | None, tensorboard: bool = False,
+                 purge_step: int | None = None):
         self.path = Path(work_dir) / "metrics.jsonl" if work_dir else None
         self.tb = None
         if self.path is not None:
@@ -59,7 +67,8 @@ class MetricsLogger:
                 try:
                     from torch.utils.tensorboard import SummaryWriter
 
-                    self.tb = SummaryWriter(str(self.path.parent / "tb"))
+                    # purge_step: a resumed run drops the events the interrupted one logged after its checkpoint
+                    self.tb = SummaryWriter(str(self.path.parent / "tb"), purge_step=purge_step)
                 except Exception:  # tensorboard not installed
                     self.tb = None
 
@@ -73,6 +82,29 @@ class MetricsLogger:
             for k, v in rec.items():
                 if isinstance(v, (int, float)) and k not in ("iter", "epoch", "time"):
                     self.tb.add_scalar(f"{rec.get('mode', 'train')}/{k}", v, step)
+
+    def truncate_after(self, iteration: int, epoch: int) -> int:
+        """Drop records logged after ``iteration`` / ``epoch`` (a run resumed from an earlier
+        checkpoint rewrites them); returns how many were dropped. The file is replaced atomically."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        keep, dropped = [], 0
+        for line in self.path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash
+                dropped += 1
+                continue
+            late = rec.get("iter", 0) > iteration or (rec.get("mode") == "val" and rec.get("epoch", 0) > epoch)
+            if late:
+                dropped += 1
+            else:
+                keep.append(line)
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        return dropped
 
     def close(self) -> None:
         if self.tb is not None:
@@ -101,11 +133,14 @@ def metrics_table(rows: Iterable[tuple[str, Mapping[str, float]]], title: str = 
 
 
 def print_table(table: Table) -> None:
-    console.print(table)
+    if is_main_process():
+        console.print(table)
 
 
 def info(msg: str) -> None:
-    console.print(msg)
+    """Print on rank 0 only (every rank runs the same code)."""
+    if is_main_process():
+        console.print(msg)
 
 
 def warn(msg: str) -> None:

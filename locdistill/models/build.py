@@ -5,10 +5,13 @@ from typing import TYPE_CHECKING
 
 from ..config import ModelConfig
 from ..errors import ConfigError
-from .backbones import ResNet
+from .backbones import Res2Net, ResNet
 from .detector import GFL
 from .fpn import FPN
-from .gfl_head import GFLHead
+from .gfl_head import GFLHead, GFLv2Head
+
+BACKBONE_TYPES = {"resnet": ResNet, "res2net": Res2Net}
+HEAD_TYPES = {"gfl": GFLHead, "gflv2": GFLv2Head}
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
@@ -16,15 +19,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def build_detector(model_cfg: ModelConfig) -> GFL:
-    """``ModelConfig`` → :class:`GFL` (ResNet → FPN → GFLHead).
+    """``ModelConfig`` → :class:`GFL` (ResNet / ResNeXt / Res2Net, optional DCN → FPN → GFL v1/v2 head).
 
     Raises :class:`ConfigError` naming the ``model.*`` key on invalid values.
     """
     b, n, h = model_cfg.backbone, model_cfg.neck, model_cfg.head
-    if b.depth not in ResNet.arch_settings:
-        raise ConfigError(f"model.backbone.depth={b.depth!r} is not supported; use one of {sorted(ResNet.arch_settings)}")
-    if h.type != "gfl":
-        raise ConfigError(f"model.head.type={h.type!r} is not supported; valid values: ['gfl']")
+    if b.type not in BACKBONE_TYPES:
+        raise ConfigError(f"model.backbone.type={b.type!r} is not supported; valid values: {sorted(BACKBONE_TYPES)}")
+    backbone_cls = BACKBONE_TYPES[b.type]
+    if b.depth not in backbone_cls.arch_settings:
+        raise ConfigError(f"model.backbone.depth={b.depth!r} is not supported for model.backbone.type={b.type!r}; "
+                          f"use one of {sorted(backbone_cls.arch_settings)}")
+    if h.type not in HEAD_TYPES:
+        raise ConfigError(f"model.head.type={h.type!r} is not supported; valid values: {sorted(HEAD_TYPES)}")
     if model_cfg.num_classes < 1:
         raise ConfigError(f"model.num_classes={model_cfg.num_classes} must be >= 1")
     if not 0 <= n.start_level <= 3:
@@ -49,13 +56,25 @@ def build_detector(model_cfg: ModelConfig) -> GFL:
             f"(neck.start_level={n.start_level}, neck.num_outs={n.num_outs} give {strides}); "
             f"set model.head.strides={list(strides)}"
         )
-    backbone = ResNet(b.depth, base_channels=b.base_channels, frozen_stages=b.frozen_stages,
-                      norm_eval=b.norm_eval, out_indices=tuple(range(n.start_level, 4)),
-                      pretrained=b.pretrained)
+    common = dict(base_channels=b.base_channels, frozen_stages=b.frozen_stages, norm_eval=b.norm_eval,
+                  out_indices=tuple(range(n.start_level, 4)), pretrained=b.pretrained, dcn_stages=tuple(b.dcn_stages))
+    if b.type == "res2net":
+        if b.groups != 1:
+            raise ConfigError(f"model.backbone.groups={b.groups}: Res2Net has no grouped convs; set groups=1")
+        if b.scales < 2:
+            raise ConfigError(f"model.backbone.scales={b.scales} must be >= 2 for Res2Net (4 is 26w×4s)")
+        backbone = Res2Net(b.depth, scales=b.scales, base_width=b.base_width or 26, **common)
+    else:
+        backbone = ResNet(b.depth, groups=b.groups, base_width=b.base_width or 4, **common)
     neck = FPN(backbone.out_channels, out_channels=n.out_channels, num_outs=n.num_outs)
-    head = GFLHead(model_cfg.num_classes, n.out_channels, feat_channels=h.feat_channels,
-                   stacked_convs=h.stacked_convs, num_groups=h.num_groups, reg_max=h.reg_max,
-                   num_levels=n.num_outs)
+    head_kw = dict(feat_channels=h.feat_channels, stacked_convs=h.stacked_convs, num_groups=h.num_groups,
+                   reg_max=h.reg_max, num_levels=n.num_outs)
+    if h.type == "gflv2":
+        if not 1 <= h.reg_topk <= h.reg_max + 1 or h.reg_channels < 1:
+            raise ConfigError(f"model.head.reg_topk={h.reg_topk} must be in 1..reg_max+1 and "
+                              f"model.head.reg_channels={h.reg_channels} >= 1 (GFocalV2: 4 and 64)")
+        head_kw.update(reg_topk=h.reg_topk, reg_channels=h.reg_channels)
+    head = HEAD_TYPES[h.type](model_cfg.num_classes, n.out_channels, **head_kw)
     return GFL(backbone, neck, head, strides=strides)
 
 

@@ -66,6 +66,7 @@ class GFLTargets:
     gt_boxes: Tensor  # [B, K, 4] padded GT boxes (pixels)
     gt_mask: Tensor  # [B, K] bool real GT slots
     assign: ATSSResult  # raw ATSS output (thresholds [B, K], ious [B, A, K], ...)
+    raw_cls_logits: Optional[Tensor] = None  # [B, A, C] GFLv2 student's raw class logits (for KD), else None
 
 
 class GFLCriterion:
@@ -204,6 +205,14 @@ class GFLCriterion:
             box_flat.append(b.float().permute(0, 2, 3, 1).reshape(B, H * W, 4, n1))
         return torch.cat(cls_flat, 1), torch.cat(box_flat, 1), sizes
 
+    @staticmethod
+    def _flatten_raw(outputs: Mapping[str, Sequence[Tensor]]) -> Optional[Tensor]:
+        """GFLv2 ``raw_cls_logits`` per level → ``[B, A, C]`` float32; None for GFL v1 outputs."""
+        levels = outputs.get("raw_cls_logits") if isinstance(outputs, Mapping) else None
+        if levels is None:
+            return None
+        return torch.cat([c.float().permute(0, 2, 3, 1).reshape(c.shape[0], -1, c.shape[1]) for c in levels], 1)
+
     def _priors(self, sizes: list, device: torch.device) -> tuple[Tensor, Tensor, Tensor, list]:
         key = (tuple(sizes), str(device))
         if key not in self._prior_cache:
@@ -294,6 +303,7 @@ class GFLCriterion:
             assigned_boxes=assigned, num_pos=num_pos, avg_factor=avg_factor, weight_targets=weight_targets,
             cls_logits=cls_logits, box_logits=box_logits, pred_boxes=pred_boxes, target_boxes=target_boxes,
             scores=scores, gt_boxes=gt_boxes, gt_mask=gt_mask, assign=assign,
+            raw_cls_logits=self._flatten_raw(outputs),
         )
 
     # ------------------------------------------------------------------------------
@@ -343,12 +353,16 @@ class GFLCriterion:
             vlr = (ld * self.vlr_weights(t)).sum() / (16 + EPS)
             losses["loss_ld_vlr"] = self.loss_ld_vlr_weight * scale * vlr
         if self.loss_kd_weight:
-            if t_cls.shape != t.cls_logits.shape:
+            # a GFLv2 model's cls_logits are joint-score logits: KD uses its raw class logits (DESIGN §5)
+            t_raw = self._flatten_raw(teacher_outputs)
+            t_cls = t_raw if t_raw is not None else t_cls
+            s_cls = t.raw_cls_logits if t.raw_cls_logits is not None else t.cls_logits
+            if t_cls.shape != s_cls.shape:
                 raise ValueError(
                     f"teacher class logits {tuple(t_cls.shape)} do not match the student's "
-                    f"{tuple(t.cls_logits.shape)}: class KD needs the same number of classes"
+                    f"{tuple(s_cls.shape)}: class KD needs the same number of classes"
                 )
-            kd = kd_kl_loss(t.cls_logits, t_cls, self.kd_temperature) * t.label_weights  # [B, A]
+            kd = kd_kl_loss(s_cls, t_cls, self.kd_temperature) * t.label_weights  # [B, A]
             pos = t.pos_mask.float()
             # divided by the positive count of each level (over the batch), as in the LD code
             num_levels = len(t.num_level_anchors)
@@ -370,6 +384,10 @@ class GFLCriterion:
             targets: per image ``{"boxes": [K,4] xyxy pixels, "labels": [K] int64 in 0..C-1}``.
             teacher_outputs: same layout from the teacher (box logits post-``Scale``); adds
                 ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``.
+                GFLv2 outputs (student or teacher) also hold ``"raw_cls_logits"``: their
+                ``cls_logits`` are then logits of the joint score ``σ(cls)·quality``, so QFL and
+                ``w_p`` run on that score (GFocalV2's QFL on probabilities) and class KD uses the
+                raw logits.
             image_sizes: per image ``(h, w)`` padded extent; None = the whole batch extent.
 
         Returns:

@@ -1,10 +1,11 @@
-"""GFL head (Generalized Focal Loss v1) with mmdetection's layout and init.
+"""GFL heads (Generalized Focal Loss v1, and v2 with its DGQP) with mmdetection's layout and init.
 
 Per level (weights shared across levels): two towers of ``stacked_convs`` ×
 (3×3 conv without bias → GroupNorm → ReLU); ``gfl_cls`` gives C class logits and
 ``gfl_reg`` gives ``4·(reg_max+1)`` box-distribution logits (sides l, t, r, b, each
 ``reg_max+1`` bins), multiplied by the level's learnable ``Scale``. The head owns no
-assignment, loss or post-processing.
+assignment, loss or post-processing. :class:`GFLv2Head` adds GFocalV2's
+distribution-guided quality predictor (``reg_conf``).
 """
 from __future__ import annotations
 
@@ -140,3 +141,94 @@ class GFLHead(nn.Module):
             cls_logits.append(c)
             box_logits.append(b)
         return {"cls_logits": cls_logits, "box_logits": box_logits}
+
+
+def joint_score_logits(cls_logits: Tensor, quality_logits: Tensor) -> Tensor:
+    """Logit of ``sigmoid(cls_logits) · sigmoid(quality_logits)``, computed without forming the product.
+
+    With ``p = σ(a)·σ(d)``: ``log p = logσ(a) + logσ(d)`` and
+    ``1 − p = σ(−a) + σ(a)·σ(−d)``, so
+    ``logit(p) = log p − logaddexp(logσ(−a), logσ(a) + logσ(−d))``: finite and accurate for
+    any ``a, d`` (no ``log(0)``, no cancellation in ``1 − p``).
+
+    Args:
+        cls_logits: ``[B, C, H, W]`` raw class logits ``a``.
+        quality_logits: ``[B, 1, H, W]`` DGQP pre-sigmoid output ``d`` (broadcast over classes).
+    Returns:
+        ``[B, C, H, W]`` logits ``z`` with ``sigmoid(z) == sigmoid(a)·sigmoid(d)``.
+    """
+    a, d = cls_logits.float(), quality_logits.float()
+    log_sig_a = F.logsigmoid(a)
+    log_sig_d = F.logsigmoid(d)
+    log_p = log_sig_a + log_sig_d
+    log_1mp = torch.logaddexp(log_sig_a - a, log_sig_a + (log_sig_d - d))  # logσ(−x) = logσ(x) − x
+    return log_p - log_1mp
+
+
+def distribution_stats(box_logits: Tensor, reg_max: int, topk: int = 4, add_mean: bool = True) -> Tensor:
+    """DGQP input: per side the ``topk`` largest bin probabilities (descending) and, with
+    ``add_mean``, their mean.
+
+    Args:
+        box_logits: ``[B, 4(n+1), H, W]`` box-distribution logits (after the level's Scale).
+    Returns:
+        ``[B, 4·(topk+1), H, W]`` float32, channel ``side·(topk+1) + j`` (sides l, t, r, b;
+        ``j < topk``: the j-th largest probability, ``j = topk``: their mean).
+    """
+    b, _, h, w = box_logits.shape
+    prob = F.softmax(box_logits.float().reshape(b, 4, reg_max + 1, h, w), dim=2)
+    top = prob.topk(topk, dim=2).values  # [B, 4, k, H, W], sorted descending
+    stats = torch.cat([top, top.mean(dim=2, keepdim=True)], dim=2) if add_mean else top
+    return stats.reshape(b, -1, h, w)
+
+
+class GFLv2Head(GFLHead):
+    """GFocal v2 head: the GFL v1 towers plus a Distribution-Guided Quality Predictor (DGQP).
+
+    The DGQP (``reg_conf``: 1×1 conv ``4·(reg_topk+1) → reg_channels``, ReLU, 1×1 conv →
+    1; keys ``reg_conf.0`` and ``reg_conf.2``) reads :func:`distribution_stats` of the
+    box logits and gives a localisation quality ``q = σ(d)`` per location. The
+    classification–quality score is ``σ(cls) · q`` (GFocalV2).
+
+    Outputs (``forward``): ``"cls_logits"`` holds, per level, the **logit of that joint
+    score** (:func:`joint_score_logits`), so everything that applies a sigmoid to
+    ``cls_logits`` (post-processing, QFL, the positive weights ``w_p``) works on the
+    GFLv2 score unchanged; QFL on these logits equals GFocalV2's BCE on probabilities.
+    ``"raw_cls_logits"`` holds ``gfl_cls``'s raw logits (used for class KD);
+    ``"box_logits"`` as in :class:`GFLHead`.
+
+    Extra args: ``reg_topk`` (4), ``reg_channels`` (64), ``add_mean`` (True).
+    """
+
+    def __init__(self, num_classes: int, in_channels: int, feat_channels: int = 256,
+                 stacked_convs: int = 4, num_groups: int = 32, reg_max: int = 16,
+                 num_levels: int = 5, reg_topk: int = 4, reg_channels: int = 64, add_mean: bool = True) -> None:
+        if not 1 <= reg_topk <= reg_max + 1:
+            raise ValueError(f"GFLv2Head: reg_topk={reg_topk} must be in 1..reg_max+1={reg_max + 1}")
+        self.reg_topk, self.reg_channels, self.add_mean = reg_topk, reg_channels, add_mean
+        super().__init__(num_classes, in_channels, feat_channels=feat_channels, stacked_convs=stacked_convs,
+                         num_groups=num_groups, reg_max=reg_max, num_levels=num_levels)
+        stat_channels = 4 * (reg_topk + (1 if add_mean else 0))
+        self.reg_conf = nn.Sequential(
+            nn.Conv2d(stat_channels, reg_channels, 1), nn.ReLU(inplace=True), nn.Conv2d(reg_channels, 1, 1))
+        for m in self.reg_conf:
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, mean=0.0, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def quality_logits(self, box_logits: Tensor) -> Tensor:
+        """``box_logits [B,4(n+1),H,W]`` → DGQP pre-sigmoid quality ``[B,1,H,W]`` (float32)."""
+        stats = distribution_stats(box_logits, self.reg_max, self.reg_topk, self.add_mean)
+        return self.reg_conf(stats.to(self.reg_conf[0].weight.dtype)).float()
+
+    def forward(self, feats: Sequence[Tensor]) -> dict[str, list[Tensor]]:
+        """``feats``: one ``[B, in_channels, H_l, W_l]`` map per level, finest first.
+
+        Returns ``{"cls_logits": joint-score logits [B,C,H_l,W_l], "box_logits": [B,4(n+1),H_l,W_l],
+        "raw_cls_logits": [B,C,H_l,W_l]}`` per level.
+        """
+        out = super().forward(feats)
+        raw = out["cls_logits"]
+        out["cls_logits"] = [joint_score_logits(c, self.quality_logits(b)) for c, b in zip(raw, out["box_logits"])]
+        out["raw_cls_logits"] = raw
+        return out

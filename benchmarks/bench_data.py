@@ -1,0 +1,100 @@
+"""Throughput of the training data pipeline vs decoding alone (issue 6).
+
+On the bundled digits scenes (PNG files), measures images per second of
+
+- ``decode``: ``dataset.load_image(i)`` in a loop (PIL decode → ``[3,H,W]`` uint8): the baseline;
+- ``pipeline, W workers``: the training loader of ``locdistill.data.loader.build_dataloader``
+  (decode + keep-ratio resize + random flip + normalise + pad/collate into batches, each
+  image's randomness seeded per item) with W = 0, 1, 2 worker processes.
+
+Each pipeline epoch is timed after an untimed warm-up epoch (worker start-up excluded;
+workers are persistent in training). The configurations alternate for ``--repeats``
+rounds and the best round of each is reported, which damps the noise of a shared machine.
+Target: the full pipeline at >= 70 % of decode-only throughput.
+
+    python benchmarks/bench_data.py --images 512 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from locdistill.config import DataConfig  # noqa: E402
+from locdistill.data.loader import build_dataloader, build_dataset, set_epoch  # noqa: E402
+
+
+def decode_rate(dataset, n: int) -> float:
+    """Images/s of decoding ``n`` images in this process."""
+    t0 = time.perf_counter()
+    for i in range(n):
+        dataset.load_image(i % len(dataset))
+    return n / (time.perf_counter() - t0)
+
+
+def pipeline_rate(loader, epoch: int) -> float:
+    """Images/s of one epoch of ``loader`` (batches fully materialised)."""
+    set_epoch(loader, epoch)
+    n = 0
+    t0 = time.perf_counter()
+    for images, targets in loader:
+        n += images.shape[0]
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=512, help="digits training images (generated once)")
+    ap.add_argument("--image-size", type=int, default=160, help="side of the generated digits scenes")
+    ap.add_argument("--img-scale", type=int, nargs=2, default=(160, 160), help="resize bound (long, short)")
+    ap.add_argument("--short-range", type=int, nargs=2, default=(128, 192),
+                    help="multi-scale short side drawn per image (so every image is resized)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
+    ap.add_argument("--root", default="", help="digits cache folder (default: a temp folder)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    root = args.root or os.path.join(tempfile.gettempdir(), "locdistill-bench-data")
+    cfg = DataConfig(dataset="digits", digits_root=root, digits_train=args.images, digits_val=8,
+                     digits_image_size=args.image_size, img_scale=tuple(args.img_scale),
+                     train_short_range=tuple(args.short_range), flip_prob=0.5, workers=0)
+    dataset = build_dataset(cfg, "train")
+    n = len(dataset)
+    loaders = {w: build_dataloader(dataset, args.batch, w, shuffle=True, seed=0) for w in args.workers}
+    for w, loader in loaders.items():  # warm-up: worker start-up, file cache
+        pipeline_rate(loader, 0)
+    decode_rate(dataset, n)
+
+    best: dict[str, float] = {}
+    for r in range(args.repeats):
+        rates = {"decode only": decode_rate(dataset, n)}
+        for w, loader in loaders.items():
+            rates[f"pipeline, {w} worker{'s' if w != 1 else ''}"] = pipeline_rate(loader, r + 1)
+        for k, v in rates.items():
+            best[k] = max(best.get(k, 0.0), v)
+
+    base = best["decode only"]
+    print(f"{n} digits images of {args.image_size}x{args.image_size} (PNG), resize to short side "
+          f"{args.short_range[0]}..{args.short_range[1]}, flip 0.5, batch {args.batch}, "
+          f"{os.cpu_count()} CPU cores, torch {torch.__version__}, best of {args.repeats}\n")
+    print("| stage | images/s | vs decode only |")
+    print("|---|---|---|")
+    for k, v in best.items():
+        print(f"| {k} | {v:.0f} | {100 * v / base:.0f} % |")
+    full = max(v for k, v in best.items() if k.startswith("pipeline"))
+    verdict = "OK" if full >= 0.7 * base else "below target"
+    print(f"\nbest full pipeline: {100 * full / base:.0f} % of decode-only (target >= 70 %): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
