@@ -66,8 +66,10 @@ def nms_then_vote_loop(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.
     for c in labels[keep].unique().tolist():
         cand = labels == c
         cand_boxes, cand_scores = boxes[cand], scores[cand]
-        for k in (labels[keep] == c).nonzero().squeeze(1).tolist():
-            ious = box_iou(voted[k : k + 1], cand_boxes)[0]
+        dets = (labels[keep] == c).nonzero().squeeze(1)
+        ious_all = box_iou(voted[dets], cand_boxes)  # one matrix per class, as mmdetection
+        for row, k in enumerate(dets.tolist()):
+            ious = ious_all[row]
             near = ious > 0.01
             w = torch.exp(-(1 - ious[near]).square() / sigma) * cand_scores[near]
             voted[k] = (w[:, None] * cand_boxes[near]).sum(0) / w.sum()

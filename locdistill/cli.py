@@ -135,6 +135,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .tools.benchmark import benchmark
+
+    benchmark(args.config, args.checkpoint, compare=args.compare, images=args.images, warmup=args.warmup,
+              amp=args.amp, overrides=args.overrides, synthetic=args.synthetic, log_interval=args.log_interval)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .tools.predict import predict_images
+
+    path = predict_images(args.config, args.checkpoint, args.images, args.out_dir, score_thr=args.score_thr,
+                          overrides=args.overrides)
+    print(f"pictures and detections: {path.parent} ({path.name})")
+    return 0
+
+
+def cmd_visualize_distribution(args) -> int:
+    from .tools.visualize import visualize_distribution
+
+    fig, boxes = visualize_distribution(args.config, args.checkpoint, args.image, args.out, teacher=args.teacher,
+                                        top=args.top, overrides=args.overrides)
+    print(f"distributions: {fig}\nboxes:         {boxes}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------- parser
 
 
@@ -202,6 +228,46 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", metavar="OUT", help="locdistill checkpoint to write")
     s.add_argument("--config", metavar="NAME", help="config the weights must fit (default: guessed from the keys)")
     s.set_defaults(func=cmd_import_mmdet)
+
+    s = sub.add_parser("benchmark", help="inference speed (FPS) of a detector: locdistill benchmark CONFIG [CKPT]",
+                       description="Images per second of model + post-processing, one image at a time from the "
+                                   "val set (data loading excluded), after a warm-up; as the seed's "
+                                   "tools/benchmark.py. Prints device, threads, image size and AMP.")
+    s.add_argument("config")
+    s.add_argument("checkpoint", nargs="?", help="weights (default: random initialisation)")
+    s.add_argument("--compare", nargs="+", metavar=("CONFIG2", "CKPT2"),
+                   help="time a second detector on the same images in the same run and print the ratio")
+    s.add_argument("--images", type=int, default=200, help="images timed (default 200)")
+    s.add_argument("--warmup", type=int, default=5, help="images run first and not timed (default 5)")
+    s.add_argument("--amp", action="store_true", help="autocast (bfloat16 on CPU, float16 on CUDA)")
+    s.add_argument("--synthetic", action="store_true", help="random images at data.img_scale instead of the val set")
+    s.add_argument("--log-interval", type=int, default=50, help="print the running FPS every N images")
+    _add_set(s)
+    s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("predict", help="draw detections on images: locdistill predict CONFIG CKPT IMAGES... --out-dir D")
+    s.add_argument("config")
+    s.add_argument("checkpoint")
+    s.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders of images")
+    s.add_argument("--out-dir", required=True, help="where the pictures and detections.json go")
+    s.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this (default 0.3)")
+    _add_set(s)
+    s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("visualize-distribution",
+                       help="plot the per-side box distributions of the top detections (student, teacher)",
+                       description="For the top detections of IMAGE, plot the four per-side distance "
+                                   "distributions (left, top, right, bottom) next to a crop with the box; with "
+                                   "--teacher the teacher's distributions at the same locations too. Writes "
+                                   "FILE (PNG) and FILE's stem + _boxes.png (the image with the numbered boxes).")
+    s.add_argument("config")
+    s.add_argument("checkpoint")
+    s.add_argument("image")
+    s.add_argument("--teacher", nargs=2, metavar=("CONFIG", "CKPT"), help="a teacher to compare with")
+    s.add_argument("--out", required=True, help="PNG to write")
+    s.add_argument("--top", type=int, default=3, help="number of detections (default 3)")
+    _add_set(s)
+    s.set_defaults(func=cmd_visualize_distribution)
 
     s = sub.add_parser("configs", help="list the shipped configs")
     s.set_defaults(func=cmd_configs)

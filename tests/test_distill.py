@@ -356,11 +356,13 @@ def test_vlr_selection_matches_hand_computation(mode, expected_region):
 
 LD_CONFIGS = ["ld/ld_gflv1_r101_r18_fpn_coco_1x", "ld/ld_gflv1_r101_r34_fpn_coco_1x",
               "ld/ld_gflv1_r101_r50_fpn_coco_1x", "ld/ld_gflv1_r50_r50_fpn_coco_1x_self",
-              "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta"]
+              "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta", "ld/ld_gflv1_r18_r18_fpn_coco_1x_self",
+              "ld/ld_gflv1_r101dcn_r101_fpn_coco_2x", "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_2x_self"]
 
 
 def test_every_ld_config_loads_with_the_paper_settings():
-    shipped = [n for n in list_configs() if n.startswith("ld/")]
+    # GFocalV1 LD configs; the GFLv2 ones (LD only, as the LD repo's) are checked in tests/test_zoo.py
+    shipped = [n for n in list_configs() if n.startswith("ld/ld_gflv1_")]
     assert sorted(shipped) == sorted(LD_CONFIGS)
     depths = {}
     for name in shipped:
@@ -379,7 +381,8 @@ def test_every_ld_config_loads_with_the_paper_settings():
     assert depths == {
         "ld/ld_gflv1_r101_r18_fpn_coco_1x": (101, 18), "ld/ld_gflv1_r101_r34_fpn_coco_1x": (101, 34),
         "ld/ld_gflv1_r101_r50_fpn_coco_1x": (101, 50), "ld/ld_gflv1_r50_r50_fpn_coco_1x_self": (50, 50),
-        "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta": (34, 18),
+        "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta": (34, 18), "ld/ld_gflv1_r18_r18_fpn_coco_1x_self": (18, 18),
+        "ld/ld_gflv1_r101dcn_r101_fpn_coco_2x": (101, 101), "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_2x_self": (101, 101),
     }
     self_ld = load_config("ld/ld_gflv1_r50_r50_fpn_coco_1x_self")
     assert config_to_dict(load_config(self_ld.distill.teacher_config).model) == config_to_dict(self_ld.model)

@@ -90,9 +90,19 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_exactly(straight, tmp_path, monkeypa
     assert ck["meta"]["interrupted"] and ck["meta"]["epoch"] == 0 and ck["meta"]["epoch_iter"] == 2
     assert not (tmp_path / "epoch_1.pth").exists()
     monkeypatch.undo()
+    interrupted = tmp_path / "interrupted.pth"
+    interrupted.write_bytes((tmp_path / "latest.pth").read_bytes())
     assert main(["train", CONFIG, "--work-dir", str(tmp_path), "--resume", "--set", *TINY]) == 0
     _assert_same_weights(_weights(straight / "epoch_2.pth"), _weights(tmp_path / "epoch_2.pth"))
     assert _train_records(straight) == _train_records(tmp_path)
+    # another batch size cannot continue the same epoch: it restarts it, with a warning
+    capsys.readouterr()
+    other = tmp_path / "other"
+    assert main(["train", CONFIG, "--work-dir", str(other), "--resume", str(interrupted),
+                 "--set", *_with("train.epochs=1", "data.batch_size=4")]) == 0
+    assert "restarts from its first batch" in " ".join(capsys.readouterr().out.split())
+    meta = load_checkpoint(other / "latest.pth")["meta"]
+    assert meta["epoch"] == 1 and meta["iter"] == 6  # 6 batches of 4
 
 
 def test_resume_from_an_explicit_path_and_missing_checkpoint(straight, tmp_path, capsys):
@@ -175,6 +185,12 @@ def test_fp16_needs_cuda_and_unknown_dtype(tmp_path):
     with pytest.raises(ConfigError, match="amp_dtype"):
         Precision(load_config(CONFIG, ["train.amp_dtype=int8"]).train, torch.device("cpu"))
     assert main(["train", CONFIG, "--work-dir", str(tmp_path), "--amp-dtype", "fp16", "--set", *TINY]) == 2
+    # bf16 + channels-last through the CLI: runs, logs finite float losses
+    over = _with("train.epochs=1", "train.max_iters_per_epoch=2")
+    assert main(["train", CONFIG, "--work-dir", str(tmp_path), "--amp", "--channels-last", "--set", *over]) == 0
+    assert all(isinstance(r["loss"], float) for r in _train_records(tmp_path))
+    cfg = load_config(tmp_path / "config.py")
+    assert cfg.train.amp and cfg.train.amp_dtype == "bfloat16" and cfg.train.channels_last
 
 
 def test_plot_writes_a_png_and_tensorboard_events(straight, tmp_path):

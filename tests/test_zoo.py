@@ -649,3 +649,19 @@ def test_full_size_gflv2_r101_dcn_round_trip_with_real_tensors(tmp_path):
     x = torch.randn(1, 3, 96, 128)
     with torch.no_grad():
         _outputs_equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_CONFIGS if n.startswith("ld/ld_gflv2_")])
+def test_gflv2_ld_configs_pair_compatible_models(name):
+    """The LD repo's GFLv2 recipe: main-region LD only; teacher and student both GFLv2, same levels / bins."""
+    from locdistill.distill import check_compatible
+
+    cfg = load_config(name)
+    d = cfg.distill
+    assert (d.ld_weight, d.ld_temperature, d.vlr_weight, d.kd_weight) == (0.25, 10.0, 0.0, 0.0)
+    teacher = load_config(d.teacher_config)
+    assert cfg.model.head.type == teacher.model.head.type == "gflv2"
+    assert d.teacher_checkpoint == f"checkpoints/{d.teacher_config.split('/')[-1]}.pth"
+    check_compatible(meta_model(cfg.model), meta_model(teacher.model))
+    text = Path(__file__).resolve().parents[1].joinpath("locdistill/configs", name + ".py").read_text()
+    assert re.search(r"Published .*\d\d\.\d box AP", text)

@@ -79,6 +79,8 @@ def build_dataset(data_cfg, split: str):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     train = split == "train"
     classes = list(data_cfg.classes) if data_cfg.classes else None
+    if data_cfg.map_mode not in ("auto", "area", "11points"):  # checked now, not after an epoch of training
+        raise ConfigError(f"data.map_mode={data_cfg.map_mode!r} is not valid; use 'auto', 'area' or '11points'")
     if data_cfg.dataset == "voc":
         from .voc import VOCDetection
 

@@ -9,7 +9,6 @@ also in the middle of an epoch) and Ctrl-C checkpoints live here too.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import re
@@ -152,6 +151,10 @@ class GracefulInterrupt:
         self._depth += 1
         try:
             yield
+        except RuntimeError:
+            if self.requested:  # a collective broken by a DDP peer that already stopped on the same Ctrl-C
+                raise KeyboardInterrupt from None
+            raise
         finally:
             self._depth -= 1
         if self._depth == 0 and self.requested:
@@ -249,7 +252,7 @@ def train_one_epoch(
     window: dict[str, torch.Tensor] = {}
     window_n = 0  # applied steps in the window
     n_applied = 0
-    first_bad = None  # [T] first iteration each term was non-finite (NO_BAD if never), on the device
+    first_bad = None  # [T] first iteration at which each term was non-finite (no_bad: never), on the device
     no_bad = 2**62
     show_every = max(1, min(tcfg.log_interval, 10))
     t0 = time.perf_counter()
@@ -428,9 +431,9 @@ class _Run:
     """What a checkpoint of a run holds besides the weights (DESIGN §8)."""
 
     def __init__(self, cfg: Config, model, optimizer, schedule, precision: Precision, state: TrainState,
-                 train_loader, meta_base: dict):
+                 meta_base: dict):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
-        self.precision, self.state, self.train_loader, self.meta_base = precision, state, train_loader, meta_base
+        self.precision, self.state, self.meta_base = precision, state, meta_base
         self.cfg_dict = config_to_dict(cfg)
 
     def save(self, path: Path, **meta) -> Path:
@@ -529,7 +532,7 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
     schedule = WarmupStepSchedule(optimizer, lr, cfg.train)
     state = TrainState()
     meta_base = {"classes": list(train_set.classes), "config_name": cfg.name}
-    run = _Run(cfg, model, optimizer, schedule, precision, state, train_loader, meta_base)
+    run = _Run(cfg, model, optimizer, schedule, precision, state, meta_base)
 
     resumed = False
     if resume:
