@@ -108,10 +108,74 @@ def _overlapping_pairs(boxes: Tensor, groups: Tensor, min_iou: float) -> tuple[T
     return torch.minimum(a, b), torch.maximum(a, b), iou[close]
 
 
+class _Windows:
+    """Boxes (in rank order) indexed by ``(group, x1)`` to find, for given source boxes, the
+    same-group boxes that can overlap them by ``IoU > t`` without an N×N matrix.
+
+    ``IoU > t`` needs ``min(w) / max(w) > t`` and an x-overlap ``> t·max(w)``, so a partner
+    ``q`` of ``p`` has ``x1_q`` in ``(x1_p - (1-t)/t·w_p, x1_p + (1-t)·w_p)``: two
+    ``searchsorted`` calls give each source its window of candidates.
+    """
+
+    def __init__(self, boxes: Tensor, groups: Tensor):
+        self.boxes, self.groups = boxes, groups  # [N, 4], [N]
+        x1 = boxes[:, 0]
+        self.width = (boxes[:, 2] - x1).clamp(min=0).double()
+        perm = torch.argsort(x1, stable=True)
+        self.perm = perm.index_select(0, torch.argsort(groups.index_select(0, perm), stable=True))  # position -> box
+        self.x = (x1 - x1.min()).double()
+        self.reach = float(self.x.max()) + float(self.width.max()) + 1.0
+        self.spacing = 4.0 * self.reach  # groups never share a window
+        self.key = (groups.double() * self.spacing + self.x).index_select(0, self.perm)  # [N] ascending
+
+    def pairs_from(self, src: Tensor, t: float, targets: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Pairs ``(i, j)``: ``i`` in ``src [S]``, ``j > i`` of the same group (and with
+        ``targets[j]`` when given), ``IoU > t``. Returns ``i [P]``, ``j [P]``, ``iou [P]``."""
+        device = src.device
+        if t >= 1.0:  # no IoU exceeds 1
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return empty, empty, self.boxes.new_zeros(0)
+        g = self.groups.index_select(0, src).double() * self.spacing
+        if t >= 0.4:  # the margins make the windows a little wider than the bound: rounding drops no pair
+            x, w = self.x.index_select(0, src), self.width.index_select(0, src)
+            lo_key = g + x - ((1 - t) / t * w * 1.001 + 1e-3)
+            hi_key = g + x + ((1 - t) * w * 1.001 + 1e-3)
+        else:  # wide windows: the whole group
+            lo_key, hi_key = g - 1.0, g + self.reach
+        lo = torch.searchsorted(self.key, lo_key)
+        counts = (torch.searchsorted(self.key, hi_key) - lo).clamp(min=0)
+        k = torch.repeat_interleave(torch.arange(src.numel(), device=device), counts)
+        offset = torch.arange(k.numel(), device=device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        i = src.index_select(0, k)
+        j = self.perm.index_select(0, lo.index_select(0, k) + offset)
+        wanted = j > i
+        if targets is not None:
+            wanted &= targets.index_select(0, j)
+        sel = wanted.nonzero().squeeze(1)
+        i, j = i.index_select(0, sel), j.index_select(0, sel)
+        iou = pair_iou(self.boxes.index_select(0, i), self.boxes.index_select(0, j))
+        close = (iou > t).nonzero().squeeze(1)
+        return i.index_select(0, close), j.index_select(0, close), iou.index_select(0, close)
+
+
+def _cluster_fixed_point(n: int, src: Tensor, dst: Tensor) -> Tensor:
+    """Cluster-NMS on the edges ``src -> dst`` (``src`` ranked above ``dst``): from "all kept",
+    a box is kept when no kept box has an edge into it, repeated until nothing changes
+    (at most ``n`` rounds; the fixed point is greedy NMS). Returns ``keep [n]`` bool."""
+    keep = torch.ones(n, dtype=torch.bool, device=src.device)
+    for _ in range(n + 1):
+        hits = torch.zeros(n, device=src.device).index_add_(0, dst, keep.index_select(0, src).float())
+        new_keep = hits == 0
+        if torch.equal(new_keep, keep):
+            break
+        keep = new_keep
+    return keep
+
+
 def voting_cluster_diou_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_thr: float = 0.6,
                             vote_thr: float = VOTE_THR, sigma: float = VOTE_SIGMA, beta: float = DIOU_BETA,
                             max_num: int = -1, penalty: bool = True, voting: bool = True,
-                            ) -> tuple[Tensor, Tensor, Tensor]:
+                            block: int = 512) -> tuple[Tensor, Tensor, Tensor]:
     """Score-voting Cluster-DIoU-NMS (the LD code's ``voting_cluster_diounms``, DESIGN §6).
 
     Candidates are ranked by score (descending, ties in input order). Boxes of different
@@ -122,9 +186,13 @@ def voting_cluster_diou_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_t
     ``DIoU > vote_thr`` to it (the upper triangle of the LD code's matrix), weights
     ``exp(-(1 - DIoU)^2 / sigma) · score``; scores are unchanged.
 
-    This is the exact equivalent of the dense algorithm (:func:`voting_cluster_diou_nms_dense`)
-    computed on the sparse set of same-group pairs with ``IoU > min(iou_thr, vote_thr)``
-    (the only pairs that can suppress or vote, since DIoU ≤ IoU).
+    Computed exactly like the dense algorithm (:func:`voting_cluster_diou_nms_dense`) but
+    on sparse same-group pairs (only pairs with ``IoU > iou_thr`` or ``> vote_thr`` can
+    suppress or vote, since DIoU ≤ IoU), in rounds: the ``block`` best undecided boxes run
+    Cluster-NMS among themselves (their fate depends only on boxes ranked above them, all
+    decided), then the boxes they keep suppress the undecided rest, found by a windowed
+    search (:class:`_Windows`). The work follows kept boxes × their neighbours, not the
+    square of the candidates.
 
     Args:
         boxes: ``[N, 4]`` xyxy; scores: ``[N]``; groups: ``[N]`` int64 (e.g. ``image·C + label``).
@@ -132,44 +200,60 @@ def voting_cluster_diou_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_t
         max_num: keep at most this many (the best); ≤ 0 keeps all.
         penalty: False uses plain IoU (Cluster-NMS, which keeps what greedy NMS keeps).
         voting: False returns the kept boxes unchanged.
+        block: boxes decided per round (speed only; the result does not depend on it).
     Returns:
         ``boxes [K, 4]`` (voted), ``scores [K]`` and ``keep [K]`` (indices into the inputs),
         sorted by score, descending.
     """
-    n = boxes.shape[0]
+    n, device = boxes.shape[0], boxes.device
     if n == 0:
-        return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=boxes.device)
+        return boxes.new_zeros((0, 4)), scores.new_zeros((0,)), torch.zeros(0, dtype=torch.long, device=device)
     order = torch.argsort(scores, descending=True, stable=True)
-    boxes_s, scores_s, groups_s = boxes[order].float(), scores[order].float(), groups[order]
-    # indices below are ranks: i < j means i scored at least as high as j
-    i, j, iou = _overlapping_pairs(boxes_s, groups_s, max(min(iou_thr, vote_thr if voting else 1.0), 0.0))
-    if penalty:
-        diou = pair_diou(boxes_s.index_select(0, i), boxes_s.index_select(0, j), beta, iou=iou)
-    else:
-        diou = iou
+    # from here on a box is its rank: i < j means i scored at least as high as j
+    b, s, g = boxes.index_select(0, order).float(), scores.index_select(0, order).float(), groups.index_select(0, order)
 
-    over = diou > iou_thr
-    sup_i, sup_j = i[over], j[over]
-    keep = torch.ones(n, dtype=torch.bool, device=boxes.device)
-    for _ in range(n + 1):  # converges in at most n rounds (rank k is final after k + 1)
-        hits = torch.zeros(n, device=boxes.device).index_add_(0, sup_j, keep[sup_i].float())
-        new_keep = hits == 0
-        if torch.equal(new_keep, keep):
+    def overlap(i: Tensor, j: Tensor, iou: Tensor) -> Tensor:
+        return pair_diou(b.index_select(0, i), b.index_select(0, j), beta, iou=iou) if penalty else iou
+
+    windows = _Windows(b, g)
+    t_sup, block = max(iou_thr, 0.0), max(int(block), 1)
+    keep = torch.zeros(n, dtype=torch.bool, device=device)
+    undecided = torch.ones(n, dtype=torch.bool, device=device)
+    one_round = None  # (i, j, overlap) of every pair, when one block held all the boxes
+    while True:
+        rest = undecided.nonzero().squeeze(1)
+        if rest.numel() == 0:
             break
-        keep = new_keep
+        blk = rest[:block]  # the best undecided boxes
+        bi, bj, biou = _overlapping_pairs(b.index_select(0, blk), g.index_select(0, blk), t_sup)
+        bi, bj = blk.index_select(0, bi), blk.index_select(0, bj)
+        bd = overlap(bi, bj, biou)
+        over = (bd > iou_thr).nonzero().squeeze(1)
+        kept_now = blk[_cluster_fixed_point(n, bi.index_select(0, over), bj.index_select(0, over))[blk]]
+        keep[kept_now] = True
+        undecided[blk] = False
+        if blk.numel() == n:
+            one_round = (bi, bj, bd)
+        elif rest.numel() > blk.numel():
+            i, j, iou = windows.pairs_from(kept_now, t_sup, targets=undecided)
+            undecided[j[overlap(i, j, iou) > iou_thr]] = False
 
     kept = keep.nonzero().squeeze(1)
     if max_num > 0:
         kept = kept[:max_num]
     if not voting:
         return boxes[order[kept]], scores[order[kept]], order[kept]
-    vote = (diou > vote_thr) & keep[i]
-    vi, vj, vd = i[vote], j[vote], diou[vote]
-    weight = torch.exp(-(1 - vd).square() / sigma) * scores_s[vj]  # [V]
-    num = (boxes_s * scores_s[:, None]).index_add_(0, vi, boxes_s[vj] * weight[:, None])
-    den = scores_s.clone().index_add_(0, vi, weight)
-    den = den[kept, None]
-    voted = torch.where(den > 0, num[kept] / den, boxes_s[kept]).to(boxes.dtype)  # all-zero scores: unchanged
+    if one_round is not None and vote_thr >= t_sup:  # those pairs hold every possible voter
+        i, j, d = one_round
+    else:
+        i, j, iou = windows.pairs_from(kept, max(vote_thr, 0.0))
+        d = overlap(i, j, iou)
+    votes = (d > vote_thr).nonzero().squeeze(1)
+    vi, vj, vd = i.index_select(0, votes), j.index_select(0, votes), d.index_select(0, votes)
+    weight = torch.exp(-(1 - vd).square() / sigma) * s.index_select(0, vj)  # [V]
+    num = (b * s[:, None]).index_add_(0, vi, b.index_select(0, vj) * weight[:, None])
+    den = s.clone().index_add_(0, vi, weight)[kept, None]
+    voted = torch.where(den > 0, num[kept] / den, b[kept]).to(boxes.dtype)  # all-zero scores: unchanged
     return voted, scores[order[kept]], order[kept]
 
 

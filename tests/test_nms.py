@@ -26,12 +26,28 @@ def clustered(n, groups, objects=12, seed=0, size=400.0):
 @pytest.mark.parametrize("n,groups,seed", [(1, 1, 0), (40, 1, 1), (300, 3, 2), (600, 20, 3), (800, 2, 4)])
 def test_fast_path_equals_the_dense_reference(n, groups, seed):
     boxes, scores, labels = clustered(n, groups, seed=seed)
-    for kwargs in ({}, {"iou_thr": 0.5, "vote_thr": 0.8}, {"max_num": 25}, {"penalty": False}):
+    for kwargs in ({}, {"iou_thr": 0.5, "vote_thr": 0.8}, {"max_num": 25}, {"penalty": False}, {"iou_thr": 0.3}):
         fb, fs, fk = voting_cluster_diou_nms(boxes, scores, labels, **kwargs)
         db, ds, dk = voting_cluster_diou_nms_dense(boxes, scores, labels, **kwargs)
         assert torch.equal(fk, dk)
         torch.testing.assert_close(fs, ds)
         torch.testing.assert_close(fb, db, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 100000])
+def test_the_block_size_changes_nothing(block):
+    boxes, scores, labels = clustered(700, 3, objects=5, seed=9)
+    want = voting_cluster_diou_nms_dense(boxes, scores, labels)
+    got = voting_cluster_diou_nms(boxes, scores, labels, block=block)
+    assert torch.equal(got[2], want[2])
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-3)
+
+
+def test_thresholds_at_or_above_one():
+    boxes, scores, labels = clustered(100, 2, seed=3)
+    b, s, k = voting_cluster_diou_nms(boxes, scores, labels, iou_thr=1.0, vote_thr=1.0)
+    assert k.numel() == 100 and torch.equal(k, torch.argsort(scores, descending=True, stable=True))
+    torch.testing.assert_close(b, boxes[k])
 
 
 def test_ties_duplicates_and_uniform_random_boxes():

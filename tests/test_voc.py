@@ -356,3 +356,21 @@ def test_a_voc_folder_trains_and_evaluates(tmp_path, devkit, capsys):
     recs = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in recs if r.get("mode") == "val"]
     assert val and {"mAP", "AP", "AP50", "AP95", "AR100"} <= set(val[-1])
+
+
+def test_map_on_coco_format_data_ignores_crowd(tmp_path):
+    from types import SimpleNamespace
+
+    from locdistill.evaluation.voc import voc_metrics
+
+    data = {"images": [{"id": 7, "file_name": "a.png"}, {"id": 9, "file_name": "b.png"}],
+            "categories": [{"id": 3, "name": "x"}, {"id": 5, "name": "y"}],
+            "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [0, 0, 10, 10]},
+                            {"id": 2, "image_id": 7, "category_id": 3, "bbox": [50, 50, 10, 10], "iscrowd": 1},
+                            {"id": 3, "image_id": 9, "category_id": 5, "bbox": [5, 5, 20, 20]}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(data))
+    dataset = SimpleNamespace(json_path=path, cat_ids=[3, 5], classes=["x", "y"])
+    dets = [det([[50, 50, 60, 60], [0, 0, 10, 10]], [0.9, 0.8], [0, 0]), det([[5, 5, 25, 25]], [0.7], [1])]
+    metrics, result = voc_metrics(dataset, dets, [7, 9], mode="area")
+    assert result["num_gts"].tolist() == [1, 1] and metrics["mAP"] == pytest.approx(1.0)

@@ -21,20 +21,57 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import ConfigError
 from .coco import CocoDetection
 from .digits import ensure_digits
-from .transforms import build_transforms
+from .transforms import build_transforms, defer_normalize
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Zeros of ``shape``; inside a DataLoader worker allocated in shared memory, so handing the
-    batch to the main process needs no extra copy (what ``default_collate`` does too)."""
+    """Uninitialised memory of ``shape`` (the caller writes every element); inside a DataLoader
+    worker allocated in shared memory, so handing the batch to the main process needs no extra
+    copy (what ``default_collate`` does too)."""
     if torch.utils.data.get_worker_info() is not None:
         try:
             numel = math.prod(shape)
             storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape).zero_()
+            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
         except (AttributeError, RuntimeError):  # private API gone or shared memory refused: plain memory
             pass
-    return torch.zeros(shape, dtype=dtype)
+    return torch.empty(shape, dtype=dtype)
+
+
+def _rebuild_targets(items: list) -> list[dict]:
+    """Inverse of :meth:`BatchTargets.__reduce__`: plain dicts, numpy arrays back to tensors."""
+    out = []
+    for target, tensor_keys in items:
+        for key in tensor_keys:
+            target[key] = torch.from_numpy(target[key])
+        out.append(target)
+    return out
+
+
+class BatchTargets(list):
+    """The target dicts of a batch (a ``list``), which leave a worker process by value.
+
+    Pickled, each CPU tensor of a target (``boxes``, ``labels``: a few bytes) travels as a
+    numpy array inside the message and is a tensor again on arrival, where the main
+    process receives a plain ``list``. Torch's own pickling would put each tensor in a
+    shared-memory block whose file descriptor the main process then fetches from the
+    worker in a separate round trip per block (about 1-3 ms each on a busy machine,
+    with the worker's interpreter lock contended): more than decoding an image.
+    """
+
+    def __reduce__(self):
+        items = []
+        for target in self:
+            target, tensor_keys = dict(target), []
+            for key, value in target.items():
+                if type(value) is torch.Tensor and value.device.type == "cpu" and not value.requires_grad:
+                    try:
+                        target[key] = value.numpy()
+                    except (TypeError, RuntimeError):  # a dtype numpy lacks (bfloat16...): torch's sharing
+                        continue
+                    tensor_keys.append(key)
+            items.append((target, tensor_keys))
+        return _rebuild_targets, (items,)
 
 
 def collate(
@@ -43,9 +80,13 @@ def collate(
     """Stack ``(image [3,H,W], target)`` items into ``images [B, 3, Hp, Wp]``, zero-padded at
     the bottom/right (after normalisation) to multiples of ``size_divisor``.
 
+    An item whose target holds ``"normalize"`` (a :class:`~locdistill.data.transforms.Normalize`
+    deferred by :func:`~locdistill.data.transforms.defer_normalize`, image still uint8) is
+    normalised straight into its slot of the float32 batch, and the key is dropped; other
+    images are copied as they are (``images`` then has the first image's dtype).
     Each target gets ``pad_shape (h, w)``: its own ``img_shape`` rounded up to ``size_divisor``.
-    The targets' ``boxes`` / ``labels`` become views into one tensor each for the batch, so a
-    worker process hands the batch over with two shared-memory blocks instead of two per image.
+    The targets come as a :class:`BatchTargets` list, which a worker process hands over by
+    value (one shared-memory block per batch, the images, instead of one per tensor).
     """
     images, targets = zip(*batch)
     pad_shapes = [
@@ -53,16 +94,20 @@ def collate(
         for im in images
     ]
     hp, wp = max(p[0] for p in pad_shapes), max(p[1] for p in pad_shapes)
-    out = _batch_tensor((len(images), images[0].shape[0], hp, wp), images[0].dtype)
-    for i, im in enumerate(images):
-        out[i, :, : im.shape[-2], : im.shape[-1]].copy_(im)
-    targets = [dict(t, pad_shape=p) for t, p in zip(targets, pad_shapes)]
-    for key in ("boxes", "labels"):
-        if all(isinstance(t.get(key), torch.Tensor) for t in targets):
-            counts = [t[key].shape[0] for t in targets]
-            for t, packed in zip(targets, torch.cat([t[key] for t in targets]).split(counts)):
-                t[key] = packed
-    return out, targets
+    norms = [t.get("normalize") for t in targets]
+    dtype = torch.float32 if any(n is not None for n in norms) else images[0].dtype
+    out = _batch_tensor((len(images), images[0].shape[0], hp, wp), dtype)
+    for i, (im, norm) in enumerate(zip(images, norms)):
+        h, w = im.shape[-2:]
+        if norm is None:
+            out[i, :, :h, :w].copy_(im)
+        else:
+            norm.normalize_into(out[i, :, :h, :w], im)
+        out[i, :, h:].zero_()  # only the padding is zeroed: the image region is written once
+        out[i, :, :h, w:].zero_()
+    return out, BatchTargets(
+        {**{k: v for k, v in t.items() if k != "normalize"}, "pad_shape": p} for t, p in zip(targets, pad_shapes)
+    )
 
 
 def build_dataset(data_cfg, split: str):
@@ -196,10 +241,15 @@ class SeededDataset(Dataset):
     """Wraps a dataset so that ``dataset[(index, seed)]`` runs its random transforms from
     ``torch.manual_seed(seed)``; the caller's (or worker's) global torch generator is
     left as it was. Keys come from an :class:`EpochSampler` with ``seeded=True``.
+
+    With ``defer_normalize`` the items are read inside
+    :func:`~locdistill.data.transforms.defer_normalize`: a final ``Normalize`` is left to
+    :func:`collate` (which must then batch them), so the images come out uint8.
     """
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: Dataset, defer_normalize: bool = False):
         self.dataset = dataset
+        self.defer_normalize = bool(defer_normalize)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -210,6 +260,9 @@ class SeededDataset(Dataset):
         saved = gen.get_state()  # (much cheaper than torch.random.fork_rng + torch.manual_seed)
         gen.manual_seed(seed)
         try:
+            if self.defer_normalize:
+                with defer_normalize():
+                    return self.dataset[index]
             return self.dataset[index]
         finally:
             gen.set_state(saved)
@@ -241,7 +294,8 @@ def build_dataloader(
     persistent when ``workers > 0``. Each item's random transforms are seeded from
     ``(seed, epoch, index)`` (:class:`SeededDataset`), so the batches of an epoch do not
     depend on the number of workers or processes, nor on where a run was resumed;
-    ``loader.dataset`` is that wrapper (the original is ``loader.dataset.dataset``).
+    ``loader.dataset`` is that wrapper (the original is ``loader.dataset.dataset``). The
+    dataset's final ``Normalize`` is applied by :func:`collate`, straight into the batch.
     """
     rank, world = 0, 1
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -249,7 +303,7 @@ def build_dataloader(
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world, seeded=True)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
     return DataLoader(
-        SeededDataset(dataset),
+        SeededDataset(dataset, defer_normalize=True),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
