@@ -103,8 +103,10 @@ def collate(
             out[i, :, :h, :w].copy_(im)
         else:
             norm.normalize_into(out[i, :, :h, :w], im)
-        out[i, :, h:].zero_()  # only the padding is zeroed: the image region is written once
-        out[i, :, :h, w:].zero_()
+        if h < hp:  # only the padding is zeroed: the image region is written once
+            out[i, :, h:].zero_()
+        if w < wp:
+            out[i, :, :h, w:].zero_()
     return out, BatchTargets(
         {**{k: v for k, v in t.items() if k != "normalize"}, "pad_shape": p} for t, p in zip(targets, pad_shapes)
     )

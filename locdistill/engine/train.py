@@ -600,5 +600,10 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
     if state.skipped:
         info(f"{state.skipped} step(s) with a non-finite loss were skipped (train.skip_nonfinite)")
     if metrics:
-        print_table(metrics_table([(cfg.name, metrics)], title=f"{cfg.name} (val, COCO bbox)"))
+        if "mAP" in metrics:  # VOC protocol (evaluate's default on VOC data)
+            table = metrics_table([(cfg.name, metrics)], title=f"{cfg.name} (val, VOC)",
+                                  columns=("mAP", "AP", "AP50", "AP75", "AR100"))
+        else:
+            table = metrics_table([(cfg.name, metrics)], title=f"{cfg.name} (val, COCO bbox)")
+        print_table(table)
     return {"metrics": metrics, "checkpoint": ckpt_path, "train_time": train_time, "work_dir": work_dir}
