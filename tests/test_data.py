@@ -11,8 +11,10 @@ from PIL import Image
 
 from locdistill.config import DataConfig
 from locdistill.data.coco import CocoDetection
-from locdistill.data.loader import EpochSampler, build_dataloader, build_dataset, collate, set_epoch
-from locdistill.data.transforms import MEAN, STD, Normalize, RandomFlip, Resize, build_transforms, rescale_size
+from locdistill.data.loader import (BatchTargets, EpochSampler, SeededDataset, build_dataloader, build_dataset,
+                                    collate, set_epoch)
+from locdistill.data.transforms import (MEAN, STD, Compose, Normalize, RandomFlip, Resize, build_transforms,
+                                        defer_normalize, rescale_size, resize_image)
 from locdistill.errors import DatasetError
 
 # ----------------------------------------------------------------------------- transforms
@@ -103,6 +105,148 @@ def test_collate_pads_to_32_with_zeros():
     assert torch.equal(images[0, :, :50, :70], a) and torch.equal(images[1, :, :65, :33], b)
     assert images[0, :, 50:].abs().sum() == 0 and images[0, :, :, 70:].abs().sum() == 0
     assert images[1, :, 65:].abs().sum() == 0 and images[1, :, :, 33:].abs().sum() == 0
+
+
+# uint8 resize (issue 6): checked against bilinear interpolation written out here in numpy, half-pixel
+# centres (cv2 / align_corners=False), source coordinates clamped to the image, no antialias.
+
+
+def _bilinear_reference(img: np.ndarray, new_h: int, new_w: int) -> np.ndarray:
+    """``img [C, H, W]`` -> ``[C, new_h, new_w]`` float64, exact bilinear values."""
+    _, h, w = img.shape
+
+    def taps(n_out, n_in):
+        src = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        lo = np.floor(src).astype(int)
+        return lo, np.minimum(lo + 1, n_in - 1), src - lo
+
+    y0, y1, fy = taps(new_h, h)
+    x0, x1, fx = taps(new_w, w)
+    img = img.astype(np.float64)
+    rows = img[:, y0] * (1 - fy)[None, :, None] + img[:, y1] * fy[None, :, None]
+    return rows[:, :, x0] * (1 - fx) + rows[:, :, x1] * fx
+
+
+SIZES = [(37, 53), (150, 211), (100, 100), (64, 180), (181, 40)]  # down, up, same, mixed
+
+
+@pytest.mark.parametrize("new_h, new_w", SIZES)
+def test_resize_uint8_constant_image_stays_constant(new_h, new_w):
+    img = torch.empty(3, 100, 120, dtype=torch.uint8)
+    img[0], img[1], img[2] = 0, 137, 255
+    out = resize_image(img, (new_h, new_w))
+    assert out.dtype == torch.uint8 and out.shape == (3, new_h, new_w) and out.is_contiguous()
+    assert out[0].eq(0).all() and out[1].eq(137).all() and out[2].eq(255).all()
+
+
+@pytest.mark.parametrize("new_h, new_w", SIZES)
+def test_resize_uint8_ramps_within_one_of_exact_bilinear(new_h, new_w):
+    h, w = 100, 120
+    xs, ys = np.arange(w), np.arange(h)
+    ramp = np.stack([np.broadcast_to(2 * xs + 10, (h, w)), np.broadcast_to(2 * ys[:, None] + 20, (h, w)),
+                     np.broadcast_to(xs + ys[:, None], (h, w))]).astype(np.uint8)  # values 0..250
+    out = resize_image(torch.from_numpy(ramp), (new_h, new_w)).numpy().astype(np.float64)
+    # a linear ramp stays linear under bilinear interpolation: 2 * clamp(src x) + 10, ...
+    sx = np.clip((np.arange(new_w) + 0.5) * w / new_w - 0.5, 0, w - 1)
+    sy = np.clip((np.arange(new_h) + 0.5) * h / new_h - 0.5, 0, h - 1)
+    expected = np.stack([np.broadcast_to(2 * sx + 10, (new_h, new_w)),
+                         np.broadcast_to(2 * sy[:, None] + 20, (new_h, new_w)), sx + sy[:, None]])
+    assert np.abs(out - expected).max() <= 1 + 1e-9  # (1e-9: float64 rounding of the expectation)
+    assert np.abs(out - _bilinear_reference(ramp, new_h, new_w)).max() <= 1 + 1e-9
+
+
+@pytest.mark.parametrize("new_h, new_w", SIZES)
+def test_resize_uint8_random_image_within_one_of_exact_bilinear(new_h, new_w):
+    img = np.random.default_rng(new_h * new_w).integers(0, 256, (3, 100, 120), dtype=np.uint8)
+    # the decoder's layout: a [3, H, W] channels-last view of an HWC array
+    hwc = torch.from_numpy(np.ascontiguousarray(img.transpose(1, 2, 0))).permute(2, 0, 1)
+    out = resize_image(hwc, (new_h, new_w))
+    assert out.dtype == torch.uint8 and out.shape == (3, new_h, new_w)
+    assert np.abs(out.numpy().astype(np.float64) - _bilinear_reference(img, new_h, new_w)).max() <= 1 + 1e-9
+    assert torch.equal(out, resize_image(torch.from_numpy(img), (new_h, new_w)))  # same pixels from either layout
+
+
+def test_resize_float_input_is_rounded_and_clamped():
+    img = torch.rand(3, 20, 30, dtype=torch.float32) * 300 - 20  # out of 0..255 on purpose
+    out = resize_image(img, (11, 17))
+    assert out.dtype == torch.float32 and out.shape == (3, 11, 17)
+    assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() <= 255
+    assert resize_image(img, (20, 30)) is img  # same size: untouched
+
+
+def test_resize_and_flip_box_arithmetic_is_float32_exact():
+    g = torch.Generator().manual_seed(3)
+    boxes = torch.rand(7, 4, generator=g) * 300  # some beyond the 200 x 300 image
+    boxes[:, 2:] += boxes[:, :2]
+    img = torch.zeros(3, 200, 300, dtype=torch.uint8)
+    out, t = Resize((333, 111))(img, _target(boxes.tolist(), 200, 300))
+    new_h, new_w = out.shape[-2:]
+    ws, hs = new_w / 300, new_h / 200
+    expected = boxes * torch.tensor([ws, hs, ws, hs], dtype=torch.float32)
+    expected[:, 0::2] = expected[:, 0::2].clamp(0, new_w)
+    expected[:, 1::2] = expected[:, 1::2].clamp(0, new_h)
+    assert t["boxes"].dtype == torch.float32 and torch.equal(t["boxes"], expected)
+    _, ft = RandomFlip(1.0)(out, t)
+    flipped = torch.stack([new_w - expected[:, 2], expected[:, 1], new_w - expected[:, 0], expected[:, 3]], 1)
+    assert ft["boxes"].dtype == torch.float32 and torch.equal(ft["boxes"], flipped)
+    assert torch.equal(t["boxes"], expected)  # the input target is not modified
+
+
+def test_normalize_matches_mmcv_formula_for_uint8_and_channels_last():
+    img = torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).permute(2, 0, 1)  # HWC view
+    out, _ = Normalize()(img, {})
+    assert out.dtype == torch.float32 and out.shape == (3, 40, 50) and out.is_contiguous()
+    mean = torch.tensor(MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float64).view(3, 1, 1)
+    assert torch.allclose(out.double(), (img.double() - mean) / std, atol=1e-5, rtol=0)
+
+
+def test_defer_normalize_only_defers_the_last_step():
+    img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
+    norm = Normalize()
+    with defer_normalize():
+        out, t = Compose([Resize((8, 8)), norm])(img, _target([], 8, 8))
+        assert out.dtype == torch.uint8 and t["normalize"] is norm
+        out, t = Compose([norm, lambda i, tg: (i, tg)])(img, _target([], 8, 8))  # not last: applied
+        assert out.dtype == torch.float32 and "normalize" not in t
+        out, t = norm(img, {})  # the whole pipeline
+        assert out.dtype == torch.uint8 and t["normalize"] is norm
+    out, t = Compose([Resize((8, 8)), norm])(img, _target([], 8, 8))
+    assert out.dtype == torch.float32 and "normalize" not in t
+
+
+def test_collate_normalises_deferred_items_into_the_batch():
+    norm = Normalize()
+    a = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
+    b = torch.randint(0, 256, (30, 33, 3), dtype=torch.uint8).permute(2, 0, 1)  # channels-last view
+    images, targets = collate([(a, {"img_shape": (50, 70), "normalize": norm}),
+                               (b, {"img_shape": (30, 33), "normalize": norm})])
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 64, 96)
+    assert torch.equal(images[0, :, :50, :70], norm(a, {})[0]) and torch.equal(images[1, :, :30, :33], norm(b, {})[0])
+    assert images[0, :, 50:].abs().sum() == 0 and images[0, :, :, 70:].abs().sum() == 0
+    assert images[1, :, 30:].abs().sum() == 0 and images[1, :, :, 33:].abs().sum() == 0
+    assert all("normalize" not in t for t in targets)
+
+
+def test_batch_targets_pickle_by_value():
+    from multiprocessing.reduction import ForkingPickler  # what DataLoader workers pickle with
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    targets = BatchTargets([{"boxes": torch.rand(3, 4), "labels": torch.tensor([1, 2, 0]), "image_id": 5,
+                             "img_shape": (10, 20), "flip": True}, {"boxes": torch.zeros(0, 4), "labels":
+                             torch.zeros(0, dtype=torch.int64), "image_id": "x", "img_shape": (4, 4), "flip": False}])
+    data = bytes(ForkingPickler.dumps(targets))
+    assert b"rebuild_storage" not in data and b"rebuild_tensor" not in data  # no shared-memory blocks
+    back = ForkingPickler.loads(data)
+    assert type(back) is list and len(back) == 2
+    for t, u in zip(targets, back):
+        assert t.keys() == u.keys()
+        for k in t:
+            if isinstance(t[k], torch.Tensor):
+                assert type(u[k]) is torch.Tensor and u[k].dtype == t[k].dtype and torch.equal(u[k], t[k])
+            else:
+                assert u[k] == t[k]
 
 
 # ----------------------------------------------------------------------------- COCO parsing
@@ -303,3 +447,38 @@ def test_loader_reproducible_with_workers(tmp_path):
     e0, e1 = runs[0]
     assert [i for i, _, _ in e0] != [i for i, _, _ in e1]  # a new order each epoch
     assert len({f for _, f, _ in e0 + e1}) == 2 and len({s for _, _, s in e0 + e1}) > 1  # random flips/scales
+
+
+def test_dataset_item_is_the_normalised_uint8_pipeline(tmp_path):
+    """``dataset[i]``: float32 contiguous ``[3, h, w]`` = Normalize(flip(resize(uint8 image))), the
+    pixels of a uint8 image (as in mmdetection), at ``img_shape``."""
+    ds = build_dataset(_digits_cfg(tmp_path, flip_prob=1.0), "train")
+    raw, raw_t = ds.get_raw(0)
+    torch.manual_seed(7)
+    image, t = ds[0]
+    assert image.dtype == torch.float32 and image.is_contiguous() and image.shape == (3, *t["img_shape"])
+    assert t["flip"] is True and "normalize" not in t
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    pixels = image * std + mean
+    assert (pixels - pixels.round()).abs().max() < 1e-3 and pixels.min() > -1e-3 and pixels.max() < 255 + 1e-3
+    expected = resize_image(raw, t["img_shape"]).flip(-1)
+    assert torch.equal(pixels.round().to(torch.uint8), expected)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_batches_equal_plain_collate_of_dataset_items(tmp_path, workers):
+    """The loader normalises into the batch (deferred Normalize); its batches are bit-identical to
+    collating ``dataset[i]`` (normalised per image) under the same per-item seeds."""
+    ds = build_dataset(_digits_cfg(tmp_path), "train")
+    loader = build_dataloader(ds, batch_size=5, workers=workers, shuffle=True, seed=3)
+    set_epoch(loader, 1)
+    keys = list(loader.sampler)
+    plain = SeededDataset(ds)  # no deferral: each item normalised on its own
+    for b, (images, targets) in enumerate(loader):
+        ref_images, ref_targets = collate([plain[k] for k in keys[5 * b: 5 * b + 5]])
+        assert images.dtype == torch.float32 and torch.equal(images, ref_images)
+        for t, r in zip(targets, ref_targets):
+            assert "normalize" not in t and t.keys() == r.keys()
+            assert torch.equal(t["boxes"], r["boxes"]) and torch.equal(t["labels"], r["labels"])
+            assert (t["img_shape"], t["pad_shape"], t["flip"]) == (r["img_shape"], r["pad_shape"], r["flip"])
+    del loader

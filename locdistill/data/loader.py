@@ -74,6 +74,23 @@ class BatchTargets(list):
         return _rebuild_targets, (items,)
 
 
+def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], norms: Sequence) -> torch.Tensor:
+    """Write ``images [3, h, w]`` into the top-left of ``out [B, 3, Hp, Wp]`` (normalised by
+    ``norms[i].normalize_into`` where not None, else copied) and zero the rest."""
+    hp, wp = out.shape[-2:]
+    for i, (im, norm) in enumerate(zip(images, norms)):
+        h, w = im.shape[-2:]
+        if norm is None:
+            out[i, :, :h, :w].copy_(im)
+        else:
+            norm.normalize_into(out[i, :, :h, :w], im)
+        if h < hp:  # only the padding is zeroed: the image region is written once
+            out[i, :, h:].zero_()
+        if w < wp:
+            out[i, :, :h, w:].zero_()
+    return out
+
+
 def collate(
     batch: Sequence[tuple[torch.Tensor, dict]], size_divisor: int = 32
 ) -> tuple[torch.Tensor, list[dict]]:
@@ -95,21 +112,12 @@ def collate(
     ]
     hp, wp = max(p[0] for p in pad_shapes), max(p[1] for p in pad_shapes)
     norms = [t.get("normalize") for t in targets]
-    dtype = torch.float32 if any(n is not None for n in norms) else images[0].dtype
-    out = _batch_tensor((len(images), images[0].shape[0], hp, wp), dtype)
-    for i, (im, norm) in enumerate(zip(images, norms)):
-        h, w = im.shape[-2:]
-        if norm is None:
-            out[i, :, :h, :w].copy_(im)
-        else:
-            norm.normalize_into(out[i, :, :h, :w], im)
-        if h < hp:  # only the padding is zeroed: the image region is written once
-            out[i, :, h:].zero_()
-        if w < wp:
-            out[i, :, :h, w:].zero_()
-    return out, BatchTargets(
+    shape = (len(images), images[0].shape[0], hp, wp)
+    targets = BatchTargets(
         {**{k: v for k, v in t.items() if k != "normalize"}, "pad_shape": p} for t, p in zip(targets, pad_shapes)
     )
+    dtype = torch.float32 if any(n is not None for n in norms) else images[0].dtype
+    return _fill_batch(_batch_tensor(shape, dtype), images, norms), targets
 
 
 def build_dataset(data_cfg, split: str):

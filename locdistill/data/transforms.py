@@ -7,9 +7,10 @@ pixels, ``labels [K]`` and the image metadata ``ori_shape``, ``img_shape``,
 
 As in mmdetection, the image stays uint8 (0..255) through :class:`Resize` and
 :class:`RandomFlip` (mmcv resizes the uint8 array with cv2's bilinear, no antialias) and
-becomes float32 only in :class:`Normalize`, the last step, which writes a contiguous
-``[3, H, W]`` float32 tensor in one pass. Besides being closer to mmdetection, this is
-4x less memory traffic than resizing and flipping float32 images.
+becomes float32 only in :class:`Normalize`, the last step: ``(x - mean) * (1 / std)``
+into a contiguous ``[3, H, W]`` float32 tensor, or, in the data loaders, straight into
+the padded batch (:func:`defer_normalize`). Besides being closer to mmdetection, this
+is 4x less memory traffic than resizing and flipping float32 images.
 
 Randomness (the multi-scale draw, the flip) uses torch's global generator, which the
 data loader seeds per worker (see :mod:`locdistill.data.loader`).
@@ -115,7 +116,7 @@ def resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
             # uint8 kernel reads directly and writes out as a contiguous [C, H, W] image.
             return F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False,
                                  antialias=False)[0]
-        except (RuntimeError, NotImplementedError):  # no uint8 kernel here: the float path below
+        except RuntimeError:  # no uint8 bilinear kernel for this device: the float path below
             pass
     out = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)[0]
     out = out.round_().clamp_(0, 255)
@@ -200,7 +201,7 @@ class Normalize:
     def __init__(self, mean: Sequence[float] = MEAN, std: Sequence[float] = STD):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-        self.stdinv = (1.0 / torch.tensor(std, dtype=torch.float64)).float().view(3, 1, 1)
+        self.stdinv = (1.0 / torch.tensor(std, dtype=torch.float64)).float().view(3, 1, 1)  # as mmcv: 1 / float64
 
     def normalize_into(self, out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """Write the normalised ``image [3, H, W]`` into ``out`` (a float32 ``[3, H, W]``
