@@ -30,6 +30,62 @@ from .transforms import Normalize
 SKIP_HINT = "or set data.skip_bad=True to skip such images"
 
 
+def decode_rgb(file: str | os.PathLike, where: str = "") -> torch.Tensor:
+    """Decode an image file as RGB ``[3, H, W]`` uint8.
+
+    Raises:
+        DatasetError: naming ``file`` (and ``where``, e.g. the annotation file that lists it)
+        when it is missing or cannot be decoded.
+    """
+    try:
+        with Image.open(file) as pil:
+            pil = pil.convert("RGB")
+    except FileNotFoundError as e:
+        raise DatasetError(f"image file {file}{where} does not exist; fix: restore it, {SKIP_HINT}") from e
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(
+            f"cannot decode image file {file}{where}: {e}; fix: replace or delete the file, {SKIP_HINT}"
+        ) from e
+    return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+
+
+class SkippingDataset(torch.utils.data.Dataset):
+    """``__getitem__`` shared by the detection datasets.
+
+    Subclasses provide ``get_raw(i) -> (uint8 image, target)``, ``transforms``, ``skip_bad``
+    and :meth:`all_bad_message`. With ``skip_bad`` an image that raises DatasetError is
+    remembered, counted in a warning and replaced by the next readable one; otherwise the
+    error propagates.
+    """
+
+    skip_bad: bool = False
+    transforms: Callable
+
+    def get_raw(self, index: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def all_bad_message(self) -> str:
+        return "no image of the dataset could be decoded"
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+        bad = self.__dict__.setdefault("_bad", set())
+        n = len(self)
+        for step in range(n):
+            j = (index + step) % n
+            if j in bad:
+                continue
+            try:
+                image, target = self.get_raw(j)
+            except DatasetError as e:
+                if not self.skip_bad:
+                    raise
+                bad.add(j)
+                warnings.warn(f"skipped unreadable image ({len(bad)} so far in this process): {e}")
+                continue
+            return self.transforms(image, target)
+        raise DatasetError(self.all_bad_message())
+
+
 def load_json(path: str | os.PathLike, what: str = "annotation file") -> Any:
     """Read a JSON file, turning a missing file or a syntax error into a DatasetError."""
     path = Path(path)
@@ -73,7 +129,7 @@ def _field(entry: Any, key: str, path: Path, where: str) -> Any:
     return entry[key]
 
 
-class CocoDetection(torch.utils.data.Dataset):
+class CocoDetection(SkippingDataset):
     """A COCO-format detection dataset.
 
     ``dataset[i] -> (image [3, H, W] float32, target)`` with target keys ``boxes [K, 4]``
@@ -234,20 +290,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         """Decode image ``index`` as RGB ``[3, H, W]`` uint8, or raise DatasetError naming the file."""
-        file = self._files[index]
-        try:
-            with Image.open(file) as pil:
-                pil = pil.convert("RGB")
-        except FileNotFoundError as e:
-            raise DatasetError(
-                f"image file {file} (listed in {self.json_path}) does not exist; fix: restore it, {SKIP_HINT}"
-            ) from e
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(
-                f"cannot decode image file {file} (listed in {self.json_path}): {e}; fix: replace or delete "
-                f"the file, {SKIP_HINT}"
-            ) from e
-        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+        return decode_rgb(self._files[index], f" (listed in {self.json_path})")
 
     def get_raw(self, index: int) -> tuple[torch.Tensor, dict]:
         """Image ``index`` as decoded (uint8) with its untransformed target."""
@@ -264,22 +307,8 @@ class CocoDetection(torch.utils.data.Dataset):
         }
         return image, target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad:
-                continue
-            try:
-                image, target = self.get_raw(j)
-            except DatasetError as e:
-                if not self.skip_bad:
-                    raise
-                self._bad.add(j)
-                warnings.warn(f"skipped unreadable image ({len(self._bad)} so far in this process): {e}")
-                continue
-            return self.transforms(image, target)
-        raise DatasetError(f"no image listed in {self.json_path} could be decoded; fix: check {self.images_dir}")
+    def all_bad_message(self) -> str:
+        return f"no image listed in {self.json_path} could be decoded; fix: check {self.images_dir}"
 
     def __repr__(self) -> str:
         return (

@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import DatasetError
+from .coco import SkippingDataset, decode_rgb
 from .transforms import Normalize
 
 VOC_CLASSES = (
@@ -167,7 +168,7 @@ def _find_image(xml: Path, images_dir: Optional[Path], filename: str) -> Optiona
     return None
 
 
-class VOCDetection(torch.utils.data.Dataset):
+class VOCDetection(SkippingDataset):
     """Pascal VOC-format detection data from one or more sources (see the module doc).
 
     ``dataset[i] -> (image [3, H, W] float32, target)`` with the same target keys as
@@ -273,16 +274,7 @@ class VOCDetection(torch.utils.data.Dataset):
 
     def load_image(self, index: int) -> torch.Tensor:
         """Decode image ``index`` as RGB ``[3, H, W]`` uint8, or raise DatasetError naming the file."""
-        file = self._files[index]
-        try:
-            with Image.open(file) as pil:
-                pil = pil.convert("RGB")
-        except FileNotFoundError as e:
-            raise DatasetError(f"image file {file} does not exist; fix: restore it, {SKIP_HINT}") from e
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise DatasetError(f"cannot decode image file {file}: {e}; fix: replace or delete the file, "
-                               f"{SKIP_HINT}") from e
-        return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
+        return decode_rgb(self._files[index])
 
     def get_raw(self, index: int) -> tuple[torch.Tensor, dict]:
         """Image ``index`` as decoded (uint8) with its untransformed target (non-difficult boxes)."""
@@ -300,22 +292,8 @@ class VOCDetection(torch.utils.data.Dataset):
         }
         return image, target
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
-        n = len(self)
-        for step in range(n):
-            j = (index + step) % n
-            if j in self._bad:
-                continue
-            try:
-                image, target = self.get_raw(j)
-            except DatasetError as e:
-                if not self.skip_bad:
-                    raise
-                self._bad.add(j)
-                warnings.warn(f"skipped unreadable image ({len(self._bad)} so far in this process): {e}")
-                continue
-            return self.transforms(image, target)
-        raise DatasetError(f"no image of {self.json_path} could be decoded; fix: check the image files")
+    def all_bad_message(self) -> str:
+        return f"no image of {self.json_path} could be decoded; fix: check the image files"
 
     def coco_gt(self) -> dict:
         """The ground truth as a COCO detection dict (for ``--eval bbox``); difficult
