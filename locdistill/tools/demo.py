@@ -29,8 +29,9 @@ def quick_overrides() -> list[str]:
             "data.batch_size=8", "train.log_interval=2"]
 
 
-def evaluate_checkpoint(config: str, checkpoint: Path, overrides: list[str]) -> dict:
-    """COCO metrics of ``checkpoint`` (built from ``config``) on the digits val split."""
+def evaluate_checkpoint(config: str, checkpoint: Path, overrides: list[str], data_from: str = STUDENT_CONFIG) -> dict:
+    """COCO metrics of ``checkpoint`` (built from ``config``) on the digits val split of
+    ``data_from``'s data section (the teacher is scored on the student's val images)."""
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..data.loader import build_dataloader, build_dataset
     from ..engine.evaluate import evaluate
@@ -38,6 +39,7 @@ def evaluate_checkpoint(config: str, checkpoint: Path, overrides: list[str]) -> 
     from ..models.build import build_detector
 
     cfg = load_config(config, overrides)
+    cfg.data = load_config(data_from, overrides).data
     val = build_dataset(cfg.data, "val")
     cfg.model.num_classes = len(val.classes)
     model = build_detector(cfg.model)
