@@ -353,6 +353,7 @@ def test_a_voc_folder_trains_and_evaluates(tmp_path, devkit, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "VOC mAP @ IoU 0.50 (11points)" in out and "| tvmonitor" in out and "'AP95:" in out
+    assert "(val, VOC)" in out and "(val, COCO bbox)" not in out  # the final table uses VOC columns
     recs = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in recs if r.get("mode") == "val"]
     assert val and {"mAP", "AP", "AP50", "AP95", "AR100"} <= set(val[-1])
