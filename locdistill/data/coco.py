@@ -49,6 +49,15 @@ def decode_rgb(file: str | os.PathLike, where: str = "") -> torch.Tensor:
     return torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
 
 
+def raw_target(image: torch.Tensor, boxes: np.ndarray, labels: np.ndarray, image_id: int) -> dict:
+    """The untransformed target of a decoded ``image [3, H, W]``: ``boxes [K, 4]`` float32 and
+    ``labels [K]`` int64 copied from the arrays, original shape, unit scale, no flip."""
+    shape = (int(image.shape[1]), int(image.shape[2]))
+    return {"boxes": torch.from_numpy(boxes.copy()), "labels": torch.from_numpy(labels.copy()),
+            "image_id": image_id, "ori_shape": shape, "img_shape": shape, "scale_factor": (1.0, 1.0),
+            "flip": False}
+
+
 class SkippingDataset(torch.utils.data.Dataset):
     """``__getitem__`` shared by the detection datasets.
 
@@ -295,17 +304,7 @@ class CocoDetection(SkippingDataset):
     def get_raw(self, index: int) -> tuple[torch.Tensor, dict]:
         """Image ``index`` as decoded (uint8) with its untransformed target."""
         image = self.load_image(index)
-        shape = (int(image.shape[1]), int(image.shape[2]))
-        target = {
-            "boxes": torch.from_numpy(self._boxes[index].copy()),
-            "labels": torch.from_numpy(self._labels[index].copy()),
-            "image_id": self.img_ids[index],
-            "ori_shape": shape,
-            "img_shape": shape,
-            "scale_factor": (1.0, 1.0),
-            "flip": False,
-        }
-        return image, target
+        return image, raw_target(image, self._boxes[index], self._labels[index], self.img_ids[index])
 
     def all_bad_message(self) -> str:
         return f"no image listed in {self.json_path} could be decoded; fix: check {self.images_dir}"

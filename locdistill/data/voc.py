@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from ..errors import DatasetError
-from .coco import SkippingDataset, decode_rgb
+from .coco import SkippingDataset, decode_rgb, raw_target
 from .transforms import Normalize
 
 VOC_CLASSES = (
@@ -279,18 +279,8 @@ class VOCDetection(SkippingDataset):
     def get_raw(self, index: int) -> tuple[torch.Tensor, dict]:
         """Image ``index`` as decoded (uint8) with its untransformed target (non-difficult boxes)."""
         image = self.load_image(index)
-        shape = (int(image.shape[1]), int(image.shape[2]))
         easy = ~self._difficult[index]
-        target = {
-            "boxes": torch.from_numpy(self._boxes[index][easy].copy()),
-            "labels": torch.from_numpy(self._labels[index][easy].copy()),
-            "image_id": self.img_ids[index],
-            "ori_shape": shape,
-            "img_shape": shape,
-            "scale_factor": (1.0, 1.0),
-            "flip": False,
-        }
-        return image, target
+        return image, raw_target(image, self._boxes[index][easy], self._labels[index][easy], self.img_ids[index])
 
     def all_bad_message(self) -> str:
         return f"no image of {self.json_path} could be decoded; fix: check the image files"
