@@ -131,7 +131,8 @@ def cmd_plot(args) -> int:
 def cmd_demo(args) -> int:
     from .tools.demo import run_demo
 
-    run_demo(work_dir=args.work_dir, quick=args.quick, train_teacher=args.train_teacher)
+    run_demo(work_dir=args.work_dir, quick=args.quick, train_teacher=args.train_teacher,
+             sequential=args.sequential)
     return 0
 
 
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quick", action="store_true", help="a much shorter run (smoke test)")
     s.add_argument("--train-teacher", action="store_true",
                    help="train the teacher too instead of using the shipped checkpoint")
+    s.add_argument("--sequential", action="store_true",
+                   help="train the baseline and the LD student one after the other (default on a CPU with 2+ "
+                        "threads: side by side, the baseline in a background process)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("train", help="train a detector: locdistill train CONFIG")
