@@ -14,3 +14,15 @@ def test_demo_quick_runs_teacher_student_and_ld(tmp_path, capsys):
     assert (tmp_path / "student_ld" / "latest.pth").is_file()
     from locdistill.checkpoint import load_checkpoint
     assert not any(k.startswith("teacher") for k in load_checkpoint(tmp_path / "student_ld" / "latest.pth")["model"])
+
+
+def test_background_run_failure_names_the_log(tmp_path):
+    """A baseline run that fails in the background process surfaces its exit status and log tail."""
+    from locdistill.tools.demo import BackgroundRun
+
+    run = BackgroundRun("demo/no_such_config", tmp_path / "student", [], threads=1)
+    with pytest.raises(RuntimeError) as e:
+        run.result()
+    msg = str(e.value)
+    assert "background baseline run failed" in msg and str(tmp_path / "student.log") in msg
+    assert "no_such_config" in msg  # the CLI's own error, read back from the log
