@@ -127,7 +127,6 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
     ld_over = overrides + [f"distill.teacher_checkpoint={teacher_ckpt}"]
     threads = torch.get_num_threads()
     cfg_device = load_config(STUDENT_CONFIG, overrides).train.device
-    background = None
     if not sequential and threads >= 2 and cfg_device == "cpu":
         background = BackgroundRun(STUDENT_CONFIG, work_dir / "student", overrides, threads // 2)
         torch.set_num_threads(threads - threads // 2)
