@@ -144,3 +144,64 @@ def test_json_loads_in_pycocotools(dataset):
         assert ann["area"] == w * h and ann["iscrowd"] == 0
     files = sorted(p.name for p in Path(paths["train_images"]).iterdir())
     assert files == sorted(im["file_name"] for im in data["images"])
+
+
+def _fresh_batches(workers: int, epochs=(0, 0, 1), seed: int = 0):
+    import torch
+
+    from locdistill.config import load_config
+    from locdistill.data.loader import build_dataset, build_dataloader, set_epoch
+
+    cfg = load_config("demo/gfl_r18_digits")
+    cfg.data.digits_fresh, cfg.data.digits_train, cfg.data.digits_image_size = True, 6, SIZE
+    ds = build_dataset(cfg.data, "train")
+    assert isinstance(ds, D.FreshDigits) and len(ds) == 6
+    loader = build_dataloader(ds, 3, workers, shuffle=True, seed=seed)
+    out = []
+    for e in epochs:
+        set_epoch(loader, e)
+        out.append([(im.clone(), [t["boxes"].clone() for t in tg]) for im, tg in loader])
+    return out
+
+
+def test_fresh_digits_new_scenes_each_epoch_reproducibly():
+    import torch
+
+    first, again, next_epoch = _fresh_batches(workers=0)
+    assert len(first) == 2  # 6 scenes per epoch in batches of 3
+    for (a, ba), (b, bb) in zip(first, again):  # same (seed, epoch): the same scenes
+        assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ba, bb))
+    # another epoch: other scenes (images and boxes)
+    assert not any(torch.equal(a, c) for (a, _), (c, _) in zip(first, next_epoch))
+    # and none of them is a cached train scene
+    cached = [D.render_scene(D.scene_rng(0, "train", i), SIZE, "train")["boxes"] for i in range(6)]
+    fresh = [b for _, boxes in first + next_epoch for b in boxes]
+    assert not any(len(c) == len(f) and np.array_equal(c[:, :2], f[:, :2].numpy()) for c in cached for f in fresh)
+
+
+def test_fresh_digits_do_not_depend_on_workers():
+    import torch
+
+    (solo,) = _fresh_batches(workers=0, epochs=(1,))
+    (pooled,) = _fresh_batches(workers=2, epochs=(1,))
+    for (a, ba), (b, bb) in zip(solo, pooled):
+        assert torch.equal(a, b) and all(torch.equal(x, y) for x, y in zip(ba, bb))
+
+
+def test_fresh_digits_targets_are_xyxy_boxes_of_the_rendered_scene():
+    import torch
+
+    ds = D.FreshDigits(4, SIZE, seed=5, transforms=lambda img, tgt: (img, tgt))
+    torch.manual_seed(11)
+    number = int(torch.randint(0, 2**62, ()))
+    torch.manual_seed(11)
+    image, target = ds[2]
+    scene = D.render_scene(np.random.default_rng([5, 2, number]), SIZE, "train")
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == torch.uint8
+    assert torch.equal(image, torch.from_numpy(scene["image"]).permute(2, 0, 1))
+    x, y, w, h = scene["boxes"].T
+    assert target["boxes"].tolist() == np.stack([x, y, x + w, y + h], 1).astype(np.float32).tolist()
+    assert target["labels"].tolist() == scene["labels"].tolist()
+    assert target["image_id"] == 3 and target["ori_shape"] == (SIZE, SIZE)
+    with pytest.raises(ConfigError, match="digits_train"):
+        D.FreshDigits(0, SIZE, seed=0, transforms=None)

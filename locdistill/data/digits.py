@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, DatasetError
@@ -39,6 +40,7 @@ INK_THRESHOLD = 0.25  # alpha at or above which a pixel counts as visible ink
 MIN_DIGIT = 10  # smallest digit height in pixels
 MAX_DIGIT_FRACTION = 0.6  # largest digit height as a fraction of the image size
 _SPLIT_CODE = {"train": 0, "val": 1}
+_FRESH_CODE = 2  # generator stream of the freshly rendered training scenes (never a cached scene)
 _THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -243,6 +245,48 @@ def render_scene(
     if return_masks:
         out["masks"] = masks[::-1]
     return out
+
+
+class FreshDigits(torch.utils.data.Dataset):
+    """A training set of ``num_images`` digits scenes rendered on the fly, new ones every epoch.
+
+    Item ``i`` draws a 62-bit scene number from torch's global generator and renders the
+    scene of generator ``(seed, 2, number)`` from the *train* digit instances. Under
+    :class:`~locdistill.data.loader.SeededDataset` (every loader of
+    :func:`~locdistill.data.loader.build_dataloader`) that generator is seeded from
+    ``(loader seed, epoch, i)``, so each epoch sees ``num_images`` scenes it has never seen,
+    reproducibly, whatever the number of workers and wherever a run was resumed. Nothing
+    is written to disk; a scene costs a few milliseconds of CPU in the loader workers.
+
+    Returns ``(transformed image, target)`` like :class:`~locdistill.data.coco.CocoDetection`.
+    """
+
+    def __init__(self, num_images: int, image_size: int, seed: int, transforms):
+        if num_images < 1:
+            raise ConfigError(f"data.digits_train must be >= 1 (got {num_images})")
+        self.num_images, self.image_size, self.seed = int(num_images), int(image_size), int(seed)
+        self.transforms = transforms
+        self.classes = CLASSES
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return self.num_images
+
+    def __getitem__(self, index: int):
+        from .coco import raw_target
+
+        number = int(torch.randint(0, 2**62, ()))
+        scene = render_scene(np.random.default_rng([self.seed, _FRESH_CODE, number]), self.image_size, "train")
+        xywh = scene["boxes"].astype(np.float32)
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+        image = torch.from_numpy(scene["image"]).permute(2, 0, 1).contiguous()
+        return self.transforms(image, raw_target(image, boxes, scene["labels"], index + 1))
+
+    def __repr__(self) -> str:
+        return f"FreshDigits(images per epoch={self.num_images}, size={self.image_size}, seed={self.seed})"
 
 
 # ----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import ConfigError
 from .coco import CocoDetection
-from .digits import ensure_digits
+from .digits import FreshDigits, ensure_digits
 from .transforms import build_transforms, defer_normalize
 
 
@@ -142,6 +142,9 @@ def build_dataset(data_cfg, split: str):
         dataset = VOCDetection(getattr(data_cfg, f"voc_{split}"), data_cfg.voc_root,
                                transforms=build_transforms(data_cfg, train=train), classes=classes,
                                filter_empty_gt=bool(data_cfg.filter_empty_gt) and train, skip_bad=data_cfg.skip_bad)
+    elif data_cfg.dataset == "digits" and train and data_cfg.digits_fresh:
+        dataset = FreshDigits(data_cfg.digits_train, data_cfg.digits_image_size, data_cfg.digits_seed,
+                              transforms=build_transforms(data_cfg, train=True))
     else:
         if data_cfg.dataset == "digits":
             paths = ensure_digits(
