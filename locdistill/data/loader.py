@@ -144,12 +144,12 @@ def build_dataset(data_cfg, split: str):
                                filter_empty_gt=bool(data_cfg.filter_empty_gt) and train, skip_bad=data_cfg.skip_bad)
     elif data_cfg.dataset == "digits" and train and data_cfg.digits_fresh:
         dataset = FreshDigits(data_cfg.digits_train, data_cfg.digits_image_size, data_cfg.digits_seed,
-                              transforms=build_transforms(data_cfg, train=True))
+                              transforms=build_transforms(data_cfg, train=True), box_noise=data_cfg.digits_box_noise)
     else:
         if data_cfg.dataset == "digits":
             paths = ensure_digits(
                 data_cfg.digits_root, data_cfg.digits_train, data_cfg.digits_val,
-                data_cfg.digits_image_size, data_cfg.digits_seed,
+                data_cfg.digits_image_size, data_cfg.digits_seed, data_cfg.digits_box_noise,
             )
             json_path, images_dir = paths[f"{split}_json"], paths[f"{split}_images"]
         elif data_cfg.dataset == "coco":
