@@ -1,5 +1,8 @@
 # The demo's GFL baseline on the bundled digits data: a slim R-18 trained from scratch,
-# sized to train in a few minutes on 2 CPU cores (`locdistill demo`).
+# sized to train in a few minutes on 2 CPU cores (`locdistill demo`). Its training boxes are
+# annotated with noise (each edge moved by N(0, (0.1 x side)^2), like a hurried annotator;
+# val boxes are exact): exact synthetic boxes leave a teacher nothing to teach about
+# localisation (docs/benchmarks.md, "Why LD cannot help on exact boxes").
 from locdistill.config import Config
 
 config = Config()
@@ -18,6 +21,7 @@ d = config.data
 d.dataset = "digits"
 d.img_scale = (160, 160)
 d.flip_prob = 0.0  # mirrored digits are not digits
+d.digits_box_noise = 0.1
 d.batch_size = 16
 d.workers = 2
 

@@ -1,8 +1,8 @@
-# LD on the bundled digits data: the demo's R-18 student distilled from the shipped
-# R-34 teacher (demo/gfl_r34_digits_teacher, locdistill/data/assets/digits_teacher.pth).
-# Main-region LD (weight 0.25, T=10) with the `per_image` reduction, so the loss scale does not
-# depend on the batch of 16. VLR-LD and class KD are off: on digits, with this teacher, they cost
-# AP (docs/benchmarks.md: +VLR 50.5, +VLR+KD 42.4, main LD 51.6, baseline 51.9 on seed 0).
+# LD on the bundled digits data: the demo's R-18 student (trained on noisy boxes) distilled from
+# the shipped R-34 teacher (demo/gfl_r34_digits_teacher, locdistill/data/assets/digits_teacher.pth,
+# trained on other scenes with exact boxes). Main-region LD (weight 0.25, T=10) with the `per_image`
+# reduction, so the loss scale does not depend on the batch of 16. VLR-LD and class KD are off by
+# default; `benchmarks/ld_gain.py` measures them (docs/benchmarks.md, "The gain of LD on digits").
 from pathlib import Path
 
 import locdistill
