@@ -26,3 +26,22 @@ def test_background_run_failure_names_the_log(tmp_path):
     msg = str(e.value)
     assert "background baseline run failed" in msg and str(tmp_path / "student.log") in msg
     assert "no_such_config" in msg  # the CLI's own error, read back from the log
+
+
+def test_demo_setting_teacher_never_saw_the_students_scenes_or_labels():
+    """The demo's premise (docs/distillation.md): a teacher trained elsewhere with exact boxes,
+    a student trained on its own scenes with noisy boxes, everyone scored on exact val boxes."""
+    from locdistill.config import load_config
+    from locdistill.data.loader import build_dataset
+    from locdistill.tools.demo import LD_CONFIG, STUDENT_CONFIG, TEACHER_CONFIG
+
+    student, teacher, ld = (load_config(c) for c in (STUDENT_CONFIG, TEACHER_CONFIG, LD_CONFIG))
+    assert teacher.data.digits_seed != student.data.digits_seed  # other scenes
+    assert teacher.data.digits_box_noise == 0.0 < student.data.digits_box_noise
+    assert ld.data == student.data and ld.model == student.model and ld.train == student.train
+    assert ld.distill.teacher_config == TEACHER_CONFIG
+    # the student's val boxes are exact: the same JSON as the noise-free dataset
+    small = ["data.digits_train=4", "data.digits_val=3"]
+    noisy_val = build_dataset(load_config(STUDENT_CONFIG, small).data, "val")
+    exact_val = build_dataset(load_config(STUDENT_CONFIG, small + ["data.digits_box_noise=0.0"]).data, "val")
+    assert open(noisy_val.json_path, "rb").read() == open(exact_val.json_path, "rb").read()
