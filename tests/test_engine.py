@@ -75,8 +75,9 @@ def test_checkpoint_that_does_not_match_config(trained, capsys):
 
 @pytest.mark.slow
 def test_short_training_learns(tmp_path):
-    """A few minutes on digits: the loss falls and AP is clearly above chance (~0)."""
-    over = ["data.digits_train=600", "data.digits_val=100", "train.epochs=8", "train.milestones=(7,)",
+    """A few minutes on digits: the loss falls and AP is clearly above chance (~0).
+    Exact boxes: with the demo's annotation noise the box losses have a floor well above 0."""
+    over = ["data.digits_box_noise=0.0", "data.digits_train=600", "data.digits_val=100", "train.epochs=8", "train.milestones=(7,)",
             "train.warmup_iters=20", "train.log_interval=5", "train.eval_interval=0", "train.device=cpu"]
     rc = main(["train", "demo/gfl_r18_digits", "--work-dir", str(tmp_path), "--set", *over])
     assert rc == 0
