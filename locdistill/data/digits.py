@@ -31,6 +31,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import ConfigError, DatasetError
+from .coco import raw_target
 
 GENERATOR_VERSION = 2  # bump whenever the rendered scenes change (invalidates caches)
 ASSET = Path(__file__).resolve().parent / "assets" / "mnist5k.npz"
@@ -301,8 +302,6 @@ class FreshDigits(torch.utils.data.Dataset):
         return self.num_images
 
     def __getitem__(self, index: int):
-        from .coco import raw_target
-
         number = int(torch.randint(0, 2**62, ()))
         rng = np.random.default_rng([self.seed, _FRESH_CODE, number])
         scene = render_scene(rng, self.image_size, "train")
