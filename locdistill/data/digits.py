@@ -316,6 +316,7 @@ class FreshDigits(torch.utils.data.Dataset):
 
 
 def check_box_noise(box_noise: float) -> None:
+    """Raise ConfigError unless ``0 <= box_noise <= 0.5`` (the ``data.digits_box_noise`` range)."""
     if not 0.0 <= box_noise <= 0.5:
         raise ConfigError(
             f"data.digits_box_noise={box_noise} is outside [0, 0.5]: it is the std of each box edge's shift "
