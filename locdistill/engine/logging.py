@@ -111,6 +111,17 @@ class MetricsLogger:
             self.tb.close()
 
 
+def format_ap(v: float | None) -> str:
+    """An AP-like value as a percentage with one decimal; '-' when missing, 'n/a' when undefined
+    (pycocotools reports -1 for a metric with no ground truth of that kind, e.g. no small objects)."""
+    if v is None:
+        return "-"
+    v = float(v)
+    if not math.isfinite(v) or v < 0:
+        return "n/a"
+    return f"{100 * v:.1f}"
+
+
 def metrics_table(rows: Iterable[tuple[str, Mapping[str, float]]], title: str = "COCO bbox",
                   columns: Iterable[str] = COCO_COLUMNS, extra: Iterable[str] = ()) -> Table:
     """A rich table, one row per (name, metrics); AP-like values shown ×100 with one decimal."""
@@ -123,8 +134,7 @@ def metrics_table(rows: Iterable[tuple[str, Mapping[str, float]]], title: str = 
     for name, m in rows:
         cells = []
         for c in columns:
-            v = m.get(c)
-            cells.append("-" if v is None else f"{100 * v:.1f}")
+            cells.append(format_ap(m.get(c)))
         for c in extra:
             v = m.get(c)
             cells.append("-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v)))
