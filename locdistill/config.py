@@ -243,6 +243,11 @@ def load_config(path_or_name: str | os.PathLike | Config, overrides: list[str] |
                 f"config file {path} must define a module-level `config = Config(...)` "
                 f"(found {type(cfg).__name__})"
             )
+        try:  # the same checks as --set values: unknown attributes, wrong types
+            _check_attributes(cfg, "")
+            cfg = validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
         if path.stem != "config" or not cfg.name:  # work-dir snapshots keep their name
             cfg.name = path.stem
     if overrides:
@@ -333,6 +338,28 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    """The error for a key that is not a config field, with the closest valid ones."""
+    import difflib
+
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; valid keys: " + ", ".join(valid))
+
+
+def _check_attributes(obj: Any, prefix: str) -> None:
+    """Refuse attributes that are not dataclass fields (``config.train.epoch = 3`` in a config
+    file silently adds an attribute nobody reads)."""
+    names = [f.name for f in dataclasses.fields(obj)]
+    for attr in vars(obj):
+        if attr not in names:
+            raise _unknown_key(prefix + attr, [prefix + n for n in names])
+    for n in names:
+        v = getattr(obj, n)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            _check_attributes(v, prefix + n + ".")
+
+
 def _hints(cls: type) -> dict:
     return typing.get_type_hints(cls)
 
@@ -357,10 +384,7 @@ def _from_dict(cls: type, d: dict, prefix: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = [k for k in d if k not in names]
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{prefix}{unknown[0]}'; valid keys here: "
-            + ", ".join(prefix + n for n in sorted(names))
-        )
+        raise _unknown_key(f"{prefix}{unknown[0]}", [prefix + n for n in sorted(names)])
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in d:
@@ -401,13 +425,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         key, text = item.split("=", 1)
         key = key.strip()
         if key not in keys:
-            import difflib
-
-            close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError(
-                f"unknown config key '{key}'{hint}; valid keys: " + ", ".join(keys)
-            )
+            raise _unknown_key(key, keys)
         node = d
         parts = key.split(".")
         for p in parts[:-1]:

@@ -86,3 +86,45 @@ def test_config_file_errors(tmp_path):
         load_config(p2)
     with pytest.raises(ConfigError, match="unknown config key 'model.bogus'"):
         config_from_dict({"model": {"bogus": 1}})
+
+
+def _config_file(tmp_path, line: str):
+    path = tmp_path / "my_experiment.py"
+    path.write_text("from locdistill.config import load_config\n"
+                    "config = load_config('demo/gfl_r18_digits')\n" + line + "\n")
+    return path
+
+
+def test_config_file_with_a_misspelt_attribute_is_refused_like_set(tmp_path, capsys):
+    from locdistill.cli import main
+
+    path = _config_file(tmp_path, "config.train.epoch = 3")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(path))
+    msg = str(e.value)
+    assert str(path) in msg and "unknown config key 'train.epoch'" in msg and "did you mean train.epochs" in msg
+    work = tmp_path / "wd"
+    assert main(["train", str(path), "--work-dir", str(work)]) == 2
+    err = capsys.readouterr().err
+    assert "train.epoch'" in err and "Traceback" not in err and not work.exists()
+    # following the hint fixes it
+    path.write_text(path.read_text().replace("train.epoch =", "train.epochs ="))
+    assert load_config(str(path)).train.epochs == 3
+
+
+def test_config_file_with_a_wrong_type_names_the_key_before_building_anything(tmp_path, capsys):
+    from locdistill.cli import main
+
+    path = _config_file(tmp_path, "config.train.epochs = '3'\nconfig.model.backbone.depth = 18.5")
+    with pytest.raises(ConfigError, match=r"my_experiment.py: config key 'model.backbone.depth': expected an integer"):
+        load_config(str(path))
+    work = tmp_path / "wd"
+    assert main(["train", str(path), "--work-dir", str(work)]) == 2
+    assert "expected an integer" in capsys.readouterr().err and not work.exists()
+
+
+def test_config_file_values_are_coerced_like_set_values(tmp_path):
+    path = _config_file(tmp_path, "config.train.milestones = [3, 4]\nconfig.train.base_lr = 1")
+    cfg = load_config(str(path))
+    assert cfg.train.milestones == (3, 4) and isinstance(cfg.train.base_lr, float)
+    assert cfg.name == "my_experiment"
