@@ -333,10 +333,13 @@ def format_diff(diff: dict[str, list], limit: int = 6) -> str:
 
 
 def load_model_weights(
-    model: nn.Module, ckpt: Mapping | str | os.PathLike, strict: bool = True, source: str | None = None
+    model: nn.Module, ckpt: Mapping | str | os.PathLike, strict: bool = True, source: str | None = None,
+    teacher_config: str = "",
 ) -> dict[str, list]:
     """Load weights into ``model``; with ``strict`` any key/shape difference is a clear error.
 
+    ``teacher_config`` (the ``distill.teacher_config`` that built ``model``) makes the error's
+    fix name a teacher config instead of ``--set model.…``, which would change the student.
     Returns the diff (empty lists when everything matched).
     """
     if not isinstance(ckpt, Mapping):
@@ -354,12 +357,15 @@ def load_model_weights(
         cfg = ckpt.get("config") if isinstance(ckpt, Mapping) else None
         if isinstance(cfg, Mapping) and cfg.get("name"):
             hint = f" (it was trained with config '{cfg['name']}')"
-        arch = mismatch_hint(model, sd)
+        arch = mismatch_hint(model, sd, teacher_config=teacher_config)
+        built_by = f"the teacher config {teacher_config}" if teacher_config else "the config"
+        advice = ("Use the teacher config the checkpoint was trained with (its work dir holds it as config.py): "
+                  "--set distill.teacher_config=PATH" if teacher_config else
+                  "Use the config the checkpoint was trained with (a work dir holds it as config.py), "
+                  "or check model.num_classes / backbone depth / head settings.")
         raise CheckpointError(
-            f"{source} does not match the model built from the config{hint}:\n{format_diff(diff)}\n"
-            + (f"{arch}\n" if arch else "")
-            + "Use the config the checkpoint was trained with (a work dir holds it as config.py), "
-            "or check model.num_classes / backbone depth / head settings."
+            f"{source} does not match the model built from {built_by}{hint}:\n{format_diff(diff)}\n"
+            + (f"{arch}\n" if arch else "") + advice
         )
     sd = {k: v for k, v in sd.items() if k not in diff["unexpected"]}
     model.load_state_dict(sd, strict=strict)

@@ -68,16 +68,16 @@ def cmd_test(args) -> int:
     device = dist.init_distributed(cfg.train.device)  # under torchrun each process scores a shard
     with dist.main_process_first():
         val_set = build_dataset(cfg.data, "val")
-    from .tools.import_mmdet import checkpoint_classes
+    from .tools.import_mmdet import checkpoint_num_classes
 
-    classes = checkpoint_classes(ckpt)  # locdistill "classes", mmdet 2.x "CLASSES" or mmengine dataset_meta
-    num_classes = len(classes) if classes else len(val_set.classes)
-    if cfg.model.num_classes != num_classes:
-        cfg.model.num_classes = num_classes
-    if classes and len(classes) != len(val_set.classes):
+    # recorded class names (locdistill, mmdet 2.x, mmengine), else the classifier's rows of a bare state dict
+    num_classes = checkpoint_num_classes(ckpt) or len(val_set.classes)
+    cfg.model.num_classes = num_classes
+    if num_classes != len(val_set.classes):
         raise LocDistillError(
-            f"checkpoint {args.checkpoint} was trained on {len(classes)} classes but {val_set.json_path} "
-            f"has {len(val_set.classes)}; evaluate on the dataset it was trained for")
+            f"checkpoint {args.checkpoint} predicts {num_classes} classes but {val_set.json_path} "
+            f"has {len(val_set.classes)}; evaluate on the dataset it was trained for "
+            "(--set data.val_json=... data.val_images=...)")
     model = build_detector(cfg.model)
     load_model_weights(model, ckpt, strict=True, source=str(args.checkpoint))
     model.to(device)

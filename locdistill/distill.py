@@ -93,6 +93,7 @@ def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int
     from .checkpoint import load_checkpoint, load_model_weights
     from .config import load_config
     from .models.build import build_detector
+    from .tools.import_mmdet import checkpoint_num_classes
 
     if not teacher_config or not teacher_checkpoint:
         raise ConfigError("distillation needs both distill.teacher_config and distill.teacher_checkpoint "
@@ -106,13 +107,13 @@ def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int
             f"teacher checkpoint {teacher_checkpoint} does not exist (distill.teacher_checkpoint); download or "
             "train the teacher first, or pass --set distill.teacher_checkpoint=PATH (see docs/distillation.md)")
     ckpt = load_checkpoint(teacher_checkpoint)
-    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
-    # locdistill / mmdetection 2.x / mmengine spell the class list differently
-    classes = meta.get("classes") or meta.get("CLASSES") or (meta.get("dataset_meta") or {}).get("classes")
-    if classes:
-        tcfg.model.num_classes = len(classes)
+    # recorded class names (any of locdistill's / mmdetection's spellings), else the classifier's rows
+    file_classes = checkpoint_num_classes(ckpt)
+    if file_classes:
+        tcfg.model.num_classes = file_classes
     elif num_classes is not None:
         tcfg.model.num_classes = num_classes
     teacher = build_detector(tcfg.model)
-    load_model_weights(teacher, ckpt, strict=True, source=f"teacher checkpoint {teacher_checkpoint}")
+    load_model_weights(teacher, ckpt, strict=True, source=f"teacher checkpoint {teacher_checkpoint}",
+                       teacher_config=teacher_config)
     return teacher

@@ -44,7 +44,8 @@ from ..errors import CheckpointError, ConfigError
 from .convert import is_teacher_key, safe_metadata
 
 __all__ = ["ImportResult", "checkpoint_classes", "describe_model", "detect_source", "import_checkpoint",
-           "infer_model_config", "matching_configs", "mismatch_hint", "normalize_state_dict"]
+           "checkpoint_num_classes", "infer_model_config", "matching_configs", "mismatch_hint",
+           "normalize_state_dict"]
 
 # configs whose model is a released teacher / baseline (the LD configs' models are students)
 ZOO_CONFIG_DIRS = ("gfl/", "gflv2/")
@@ -123,6 +124,20 @@ def checkpoint_classes(ckpt: Mapping) -> Optional[list[str]]:
     meta, _ = safe_metadata(ckpt.get("meta"))
     classes = meta.get("classes")
     return list(classes) if classes else None
+
+
+def checkpoint_num_classes(ckpt: Mapping) -> Optional[int]:
+    """How many classes a checkpoint's detector predicts: its recorded class names, else the
+    rows of its classifier (``bbox_head.gfl_cls.weight``, a bare state dict too), else None."""
+    classes = checkpoint_classes(ckpt)
+    if classes:
+        return len(classes)
+    try:
+        state, _ = normalize_state_dict(extract_state_dict(ckpt))
+    except CheckpointError:
+        return None
+    weight = state.get("bbox_head.gfl_cls.weight")
+    return int(weight.shape[0]) if weight is not None else None
 
 
 # ----------------------------------------------------------------------------- architecture from keys
@@ -278,11 +293,15 @@ def overrides_for(current: ModelConfig, wanted: ModelConfig) -> list[str]:
     return out
 
 
-def mismatch_hint(model: nn.Module, state: Mapping[str, Tensor]) -> str:
+def mismatch_hint(model: nn.Module, state: Mapping[str, Tensor], teacher_config: str = "") -> str:
     """Explain a key/shape mismatch: what the file holds vs what the config built, and the fix.
 
-    Returns ``""`` when the file's architecture cannot be read (not a GFL detector) or equals
-    the model's (then the plain key diff says it all).
+    The fix is one that works when followed: for the model built from the command's own config,
+    ``--set model.…`` overrides; for a distillation teacher (``teacher_config``: the name in
+    ``distill.teacher_config``), whose model no ``--set model.…`` reaches, a teacher config with
+    the file's architecture (a shipped one, or a three-line file deriving one). Returns ``""``
+    when the file's architecture cannot be read (not a GFL detector) or equals the model's
+    (then the plain key diff says it all).
     """
     try:
         file_model = infer_model_config(state)
@@ -297,6 +316,18 @@ def mismatch_hint(model: nn.Module, state: Mapping[str, Tensor]) -> str:
     if not file_model.backbone.depth:
         lines.append("The file's backbone depth is not one locdistill builds (18, 34, 50, 101).")
     names = matching_configs(file_model)
+    if teacher_config:
+        fixes = [f for f in fixes if not f.startswith("model.num_classes=")]  # follows the checkpoint / data
+        if names:
+            lines.append("Fix: a teacher config with the file's architecture, e.g. --set distill.teacher_config="
+                         + names[0] + (f" (also: {', '.join(names[1:])})" if names[1:] else ""))
+        if fixes:
+            args = ", ".join(repr(f) for f in fixes)
+            lines.append(("Or" if names else "Fix:") + " write a teacher config file my_teacher.py holding\n"
+                         f"    from locdistill.config import load_config\n"
+                         f"    config = load_config({teacher_config!r}, [{args}])\n"
+                         "  and pass --set distill.teacher_config=my_teacher.py")
+        return "\n".join(lines)
     if names:
         lines.append("Shipped config(s) with the file's architecture: " + ", ".join(names))
     lines.append("Or override the config: --set " + " ".join(fixes))
