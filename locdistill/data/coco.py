@@ -15,6 +15,7 @@ predicted leaves the skipped image out; a warning names each skipped file).
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -244,15 +245,16 @@ class CocoDetection(SkippingDataset):
             info = infos[iid]
             inter_w = min(x + w, info.get("width", x + w)) - max(x, 0.0)
             inter_h = min(y + h, info.get("height", y + h)) - max(y, 0.0)
-            if w < 1 or h < 1 or ann.get("area", 1) <= 0 or inter_w <= 0 or inter_h <= 0:
+            if not all(map(math.isfinite, (x, y, w, h))) or w < 1 or h < 1 or ann.get("area", 1) <= 0 \
+                    or inter_w <= 0 or inter_h <= 0:  # (NaN passes every comparison: tested first)
                 dropped += 1
                 continue
             per_image[iid].append((x, y, x + w, y + h, self._label_of[cid]))
         self.num_dropped_boxes = dropped
         if dropped:
             warnings.warn(
-                f"{path}: dropped {dropped} box(es) with width or height < 1 pixel, area <= 0 "
-                "or lying outside their image",
+                f"{path}: dropped {dropped} box(es) with NaN or infinite coordinates, width or height "
+                "< 1 pixel, area <= 0 or lying outside their image",
                 stacklevel=3,
             )
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 from typing import Any, Optional, Sequence
 
@@ -55,18 +56,28 @@ def detections_to_coco(
 
 
 def _load_gt(gt_json: str | os.PathLike | dict) -> dict:
-    """The GT JSON as a dict, with the fields COCOeval needs (``area``, ``iscrowd``) filled in."""
+    """The GT JSON as a dict, with the fields COCOeval needs (``area``, ``iscrowd``) filled in.
+
+    Boxes with a NaN or infinite coordinate are left out: no detection can match them (they
+    would only count as misses), and :class:`~locdistill.data.coco.CocoDetection` drops them
+    from training with a warning that counts them.
+    """
     if isinstance(gt_json, dict):
         data = gt_json
     else:
         from ..data.coco import load_coco_json  # one place for the file errors
 
         data = load_coco_json(gt_json)
+    kept = []
     for ann in data.get("annotations", []):
-        if "area" not in ann and "bbox" in ann:
-            ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
+        if "bbox" in ann:
+            if not all(math.isfinite(float(v)) for v in ann["bbox"]):
+                continue
+            if not math.isfinite(float(ann.get("area", math.nan))):
+                ann["area"] = float(ann["bbox"][2]) * float(ann["bbox"][3])
         ann.setdefault("iscrowd", 0)
-    return data
+        kept.append(ann)
+    return {**data, "annotations": kept}
 
 
 def coco_evaluate(

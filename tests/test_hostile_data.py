@@ -1,0 +1,59 @@
+"""Hostile input: non-finite boxes, high bit-depth images, sizes that disagree with the JSON,
+errors inside DataLoader workers, val sets without ground truth."""
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from locdistill.data.coco import CocoDetection, decode_rgb
+from locdistill.evaluation import METRIC_KEYS, coco_evaluate
+from test_data import _write_dataset
+
+# ----------------------------------------------------------------------------- case 2: NaN / Infinity boxes
+
+
+def _dropped_warnings(record):
+    return [str(w.message) for w in record if "dropped" in str(w.message)]
+
+
+def test_non_finite_boxes_are_dropped_and_counted(tmp_path):
+    anns = [
+        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [4, 5, 20, 10], "area": 200, "iscrowd": 0},
+        {"id": 2, "image_id": 10, "category_id": 7, "bbox": [4, 5, math.nan, 10], "area": 200, "iscrowd": 0},
+        {"id": 3, "image_id": 11, "category_id": 3, "bbox": [2, 2, math.inf, 10], "area": 200, "iscrowd": 0},
+        {"id": 4, "image_id": 11, "category_id": 3, "bbox": [math.nan, 2, 10, 10], "iscrowd": 0},
+        {"id": 5, "image_id": 12, "category_id": 1, "bbox": [math.nan] * 4, "area": math.nan, "iscrowd": 0},
+    ]
+    path, img_dir = _write_dataset(tmp_path, annotations=anns)
+    assert "NaN" in path.read_text() and "Infinity" in path.read_text()  # JSON's non-standard literals
+    with pytest.warns(UserWarning) as record:
+        ds = CocoDetection(path, img_dir)
+    assert ds.num_dropped_boxes == 4
+    messages = _dropped_warnings(record)
+    assert len(messages) == 1 and "dropped 4 box" in messages[0] and str(path) in messages[0]
+    assert "NaN" in messages[0]
+    assert ds[0][1]["boxes"].tolist() == [[4, 5, 24, 15]]
+    assert len(ds[1][1]["boxes"]) == 0 and len(ds[2][1]["boxes"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert CocoDetection(path, img_dir, filter_empty_gt=True).img_ids == [10]  # no all-NaN "background"
+
+
+def test_evaluation_ignores_non_finite_ground_truth(tmp_path):
+    """A NaN box cannot be matched by any detection: counted as a miss it would cap recall at 1/2."""
+    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
+          "categories": [{"id": 1, "name": "a"}],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "area": 2500,
+                           "iscrowd": 0},
+                          {"id": 2, "image_id": 1, "category_id": 1, "bbox": [math.nan, 10, 50, 50], "iscrowd": 0}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    m = coco_evaluate(path, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}])
+    assert m["AP"] == pytest.approx(1.0) and m["AR100"] == pytest.approx(1.0)
