@@ -57,3 +57,29 @@ def test_evaluation_ignores_non_finite_ground_truth(tmp_path):
     path.write_text(json.dumps(gt))
     m = coco_evaluate(path, [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}])
     assert m["AP"] == pytest.approx(1.0) and m["AR100"] == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------- case 3: high bit-depth images
+
+RAMP16 = np.tile(np.linspace(0, 65535, 300).round().astype(np.uint16), (5, 1))  # [5, 300] horizontal ramp
+RAMP8 = np.rint(RAMP16 / 257).astype(np.int64)  # the same picture in 8 bits
+
+
+HIGH_DEPTH = {
+    "i16.png": lambda: Image.fromarray(RAMP16),  # PIL mode I;16 (16-bit grayscale PNG)
+    "i16.tif": lambda: Image.fromarray(RAMP16),
+    "i32.tif": lambda: Image.fromarray(RAMP16.astype(np.int32)),  # mode I holding 16-bit data
+    "i32_wide.tif": lambda: Image.fromarray(RAMP8.astype(np.int32) * 100_000),  # mode I beyond 16 bits
+    "f32.tif": lambda: Image.fromarray((RAMP16 / 65535).astype(np.float32)),  # mode F in [0, 1]
+}
+
+
+@pytest.mark.parametrize("name", HIGH_DEPTH)
+def test_high_bit_depth_gray_decodes_like_its_8_bit_version(tmp_path, name):
+    HIGH_DEPTH[name]().save(tmp_path / name)
+    with Image.open(tmp_path / name) as check:
+        assert check.mode in ("I;16", "I", "F")  # the modes whose conversion to RGB is broken in PIL
+    image = decode_rgb(tmp_path / name)
+    assert image.dtype == torch.uint8 and image.shape == (3, 5, 300)
+    assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+    assert np.abs(image[0].numpy().astype(np.int64) - RAMP8).max() <= 1

@@ -31,8 +31,29 @@ from .transforms import Normalize
 SKIP_HINT = "or set data.skip_bad=True to skip such images"
 
 
+def gray_to_8bit(pixels: np.ndarray) -> np.ndarray:
+    """One channel of more than 8 bits (PIL modes ``I;16*``, ``I``, ``F``) as uint8 ``[H, W]``.
+
+    Integers in 0..65535 (16-bit PNG/TIFF data, whether PIL reads it as ``I;16`` or ``I``) keep
+    their high byte, ``v >> 8`` (``257 * u`` gives the 8-bit ``u`` back); floats in [0, 1] are
+    scaled by 255. Other data (32-bit integers beyond 16 bits, floats outside [0, 1]) has no
+    standard range: its min..max is stretched to 0..255 (non-finite floats become 0).
+    """
+    if pixels.dtype.kind in "ui" and pixels.min() >= 0 and pixels.max() <= 65535:
+        return (pixels.astype(np.uint32) >> 8).astype(np.uint8)
+    values = np.nan_to_num(pixels.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = values.min(), values.max()
+    if pixels.dtype.kind == "f" and lo >= 0 and hi <= 1:
+        return np.rint(values * 255).astype(np.uint8)
+    return np.rint((values - lo) * (255 / max(hi - lo, 1e-12))).astype(np.uint8)
+
+
 def decode_rgb(file: str | os.PathLike, where: str = "") -> torch.Tensor:
     """Decode an image file as RGB ``[3, H, W]`` uint8.
+
+    High bit-depth grayscale (16-bit PNG/TIFF, 32-bit integer or float TIFF, which PIL's own
+    conversion saturates to white or black) is scaled to 8 bits by :func:`gray_to_8bit`;
+    16-bit RGB(A) PNGs are reduced to 8 bits by PIL itself.
 
     Raises:
         DatasetError: naming ``file`` (and ``where``, e.g. the annotation file that lists it)
@@ -40,6 +61,8 @@ def decode_rgb(file: str | os.PathLike, where: str = "") -> torch.Tensor:
     """
     try:
         with Image.open(file) as pil:
+            if pil.mode in ("I", "F") or pil.mode.startswith("I;16"):
+                pil = Image.fromarray(gray_to_8bit(np.asarray(pil)))
             pil = pil.convert("RGB")
     except FileNotFoundError as e:
         raise DatasetError(f"image file {file}{where} does not exist; fix: restore it, {SKIP_HINT}") from e
