@@ -83,3 +83,35 @@ def test_high_bit_depth_gray_decodes_like_its_8_bit_version(tmp_path, name):
     assert image.dtype == torch.uint8 and image.shape == (3, 5, 300)
     assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
     assert np.abs(image[0].numpy().astype(np.int64) - RAMP8).max() <= 1
+
+
+# ----------------------------------------------------------------------------- case 4: sizes that disagree
+
+
+def test_image_size_unlike_the_json_is_warned_once_and_the_file_size_used(tmp_path, monkeypatch):
+    anns = [
+        {"id": 1, "image_id": 10, "category_id": 7, "bbox": [4, 5, 20, 10], "area": 200, "iscrowd": 0},
+        {"id": 2, "image_id": 11, "category_id": 7, "bbox": [80, 60, 40, 30], "area": 1200, "iscrowd": 0},
+        {"id": 3, "image_id": 12, "category_id": 3, "bbox": [2, 2, 10, 10], "area": 100, "iscrowd": 0},
+        {"id": 4, "image_id": 12, "category_id": 3, "bbox": [40, 30, 10, 10], "area": 100, "iscrowd": 0},
+    ]
+    path, img_dir = _write_dataset(tmp_path, annotations=anns)  # the JSON says 64 x 48 for every image
+    Image.new("RGB", (128, 96)).save(img_dir / "im1.png")  # larger: its box lies beyond the JSON's size
+    Image.new("RGB", (32, 24)).save(img_dir / "im2.png")  # smaller: box 4 lies outside the file
+    decoded, load = [], Image.Image.load
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self) or load(self))
+    with pytest.warns(UserWarning) as record:
+        ds = CocoDetection(path, img_dir)
+    assert decoded == []  # the sizes come from the file headers: no pixel is decoded
+    monkeypatch.undo()
+    sizes = [str(w.message) for w in record if "'width'" in str(w.message)]
+    assert len(sizes) == 1, sizes
+    assert "2 image" in sizes[0] and str(path) in sizes[0] and "im1.png" in sizes[0] and "128x96" in sizes[0]
+    assert "fix:" in sizes[0]
+    assert ds.num_size_mismatches == 2 and ds.num_dropped_boxes == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # loading every image (an epoch) warns no more
+        items = [ds[i] for i in range(len(ds))]
+    assert items[1][1]["ori_shape"] == (96, 128) and items[1][1]["boxes"].tolist() == [[80, 60, 120, 90]]
+    assert items[2][1]["ori_shape"] == (24, 32) and items[2][1]["boxes"].tolist() == [[2, 2, 12, 12]]
+

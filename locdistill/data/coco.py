@@ -174,7 +174,8 @@ class CocoDetection(SkippingDataset):
     Attributes: ``classes`` (names, label order), ``cat_ids`` (label -> category id),
     ``img_ids`` (JSON ids, dataset order), ``json_path``, ``images_dir``,
     ``image_infos`` (the JSON image entries in dataset order), ``num_dropped_boxes``,
-    ``num_missing_images``.
+    ``num_missing_images``, ``num_size_mismatches`` (images whose file is not the JSON's
+    ``width`` x ``height``: the file's size is used, see :meth:`_find_files`).
     """
 
     def __init__(
@@ -238,6 +239,18 @@ class CocoDetection(SkippingDataset):
             if iid in infos:
                 raise DatasetError(f"{path}: image id {iid} appears twice; fix: give every image a unique id")
             infos[iid] = img
+        files, sizes, mismatched = self._find_files(infos)
+        self.num_size_mismatches = len(mismatched)
+        if mismatched:
+            file, (w, h), (jw, jh) = mismatched[0]
+            warnings.warn(
+                f"{path}: {len(mismatched)} image(s) differ in size from their 'width'/'height' in the JSON, "
+                f"e.g. {file} is {w}x{h}, listed as {jw}x{jh}; their file's size is used and their boxes are "
+                "read as pixels of the file. fix: correct 'width'/'height' in the JSON; if the images were "
+                "resized after annotation, rescale their boxes too (or restore the original images); "
+                "width and height swapped may be a photo rotated by its EXIF tag, which is not applied",
+                stacklevel=3,
+            )
 
         per_image: dict[Any, list] = {iid: [] for iid in infos}
         dropped = 0
@@ -265,9 +278,9 @@ class CocoDetection(SkippingDataset):
                 raise DatasetError(
                     f"{path}: {where} has bbox {bbox!r}; fix: use [x, y, width, height] numbers"
                 ) from None
-            info = infos[iid]
-            inter_w = min(x + w, info.get("width", x + w)) - max(x, 0.0)
-            inter_h = min(y + h, info.get("height", y + h)) - max(y, 0.0)
+            width, height = sizes.get(iid, (math.inf, math.inf))
+            inter_w = min(x + w, width) - max(x, 0.0)
+            inter_h = min(y + h, height) - max(y, 0.0)
             if not all(map(math.isfinite, (x, y, w, h))) or w < 1 or h < 1 or ann.get("area", 1) <= 0 \
                     or inter_w <= 0 or inter_h <= 0:  # (NaN passes every comparison: tested first)
                 dropped += 1
@@ -281,16 +294,14 @@ class CocoDetection(SkippingDataset):
                 stacklevel=3,
             )
 
-        names = set(os.listdir(self.images_dir))
         self.img_ids, self.image_infos, self._files, self._boxes, self._labels = [], [], [], [], []
         missing: list[Path] = []
         for iid, info in infos.items():
             rows = per_image[iid]
             if filter_empty_gt and not rows:
                 continue
-            name = str(info["file_name"])
-            file = self.images_dir / name
-            if not (name in names if "/" not in name and os.sep not in name else file.is_file()):
+            file = files[iid]
+            if sizes.get(iid) is None:
                 missing.append(file)
                 continue
             arr = np.asarray(rows, dtype=np.float32).reshape(-1, 5)
@@ -312,6 +323,44 @@ class CocoDetection(SkippingDataset):
                 "annotated images whose files exist"
                 + (" and that data.classes names its categories" if len(self.cat_ids) < len(self._all_cat_ids) else "")
             )
+
+    def _find_files(self, infos: dict) -> tuple[dict, dict, list]:
+        """``(files, sizes, mismatched)``: each image's path, its ``(width, height)`` (absent when
+        the file does not exist) and ``(file, size, json_size)`` for each image whose size differs
+        from the JSON's ``width``/``height``.
+
+        Sizes come from the file headers (PIL's lazy open, no pixel decoded), once, when the
+        dataset is built: measured 20 us a file (building the dataset of 2,000 cached 160x120
+        PNGs took 0.055 s instead of 0.016 s; COCO train's 118k images: about 2.5 s, more from
+        a cold network disk). This was chosen over a check at load time, which is free but runs
+        in each DataLoader worker, every epoch, and cannot count: here one warning gives the
+        exact count before training starts, and boxes lying outside the real image are dropped
+        and counted with the other bad boxes instead of being clipped to zero width later.
+
+        Where the JSON's size is wrong, the file's size is used (it is what :func:`decode_rgb`
+        returns) and the boxes are kept as written: COCO boxes are pixels of the image file. A
+        header that cannot be read falls back to the JSON's size; decoding that file then
+        raises (or is skipped) when it is loaded.
+        """
+        names = set(os.listdir(self.images_dir))
+        files: dict[Any, Path] = {}
+        sizes: dict[Any, tuple] = {}
+        mismatched: list[tuple] = []
+        for iid, info in infos.items():
+            name = str(info["file_name"])
+            files[iid] = file = self.images_dir / name
+            if not (name in names if "/" not in name and os.sep not in name else file.is_file()):
+                continue
+            listed = (info.get("width"), info.get("height"))
+            try:
+                with Image.open(file) as pil:
+                    sizes[iid] = pil.size
+            except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+                sizes[iid] = tuple(math.inf if v is None else v for v in listed)
+                continue
+            if None not in listed and listed != sizes[iid]:
+                mismatched.append((file, sizes[iid], listed))
+        return files, sizes, mismatched
 
     # ------------------------------------------------------------------ access
     @property
