@@ -115,3 +115,31 @@ def test_image_size_unlike_the_json_is_warned_once_and_the_file_size_used(tmp_pa
     assert items[1][1]["ori_shape"] == (96, 128) and items[1][1]["boxes"].tolist() == [[80, 60, 120, 90]]
     assert items[2][1]["ori_shape"] == (24, 32) and items[2][1]["boxes"].tolist() == [[2, 2, 12, 12]]
 
+
+
+# ----------------------------------------------------------------------------- case 8: errors in loader workers
+
+TINY_MODEL = ["train.device=cpu", "train.epochs=1", "data.batch_size=2", "data.img_scale=(64, 64)",
+              "model.backbone.base_channels=8", "model.neck.out_channels=32", "model.head.feat_channels=32",
+              "model.head.stacked_convs=1", "model.head.num_groups=8"]
+
+
+def _train_cli(tmp_path, path, img_dir, *overrides):
+    data = [f"data.train_json={path}", f"data.train_images={img_dir}", f"data.val_json={path}",
+            f"data.val_images={img_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "LOCDISTILL_NO_PROGRESS": "1"}
+    return subprocess.run([sys.executable, "-m", "locdistill", "train", "gfl/gfl_r18_fpn_coco_1x", "--work-dir",
+                           str(tmp_path / "work"), "--set", *data, *TINY_MODEL, *overrides],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_corrupt_image_in_a_loader_worker_is_a_one_line_error(tmp_path):
+    path, img_dir = _write_dataset(tmp_path, n_images=4)
+    (img_dir / "im2.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    in_worker = _train_cli(tmp_path, path, img_dir, "data.workers=1")
+    assert in_worker.returncode == 2, in_worker.stderr
+    lines = in_worker.stderr.strip().splitlines()
+    assert len(lines) <= 3 and "Traceback" not in in_worker.stderr, in_worker.stderr
+    assert lines[-1].startswith("locdistill: error: cannot decode image file") and "im2.png" in lines[-1]
+    in_main = _train_cli(tmp_path, path, img_dir, "data.workers=0")
+    assert in_main.returncode == 2 and in_main.stderr.strip().splitlines()[-1] == lines[-1]

@@ -12,16 +12,50 @@ from __future__ import annotations
 import functools
 import math
 import random
+import traceback
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LocDistillError
 from .coco import CocoDetection
 from .digits import FreshDigits, ensure_digits
 from .transforms import build_transforms, defer_normalize
+
+
+class WorkerTraceback(Exception):
+    """Where an error of a DataLoader worker came from: its message is the worker's traceback
+    (the ``__cause__`` of the re-raised error, shown by ``--debug``)."""
+
+
+class _WorkerError:
+    """A :class:`~locdistill.errors.LocDistillError` raised by the dataset in a DataLoader worker,
+    handed to the main process as the batch, which :class:`DetectionLoader` re-raises there.
+
+    Torch's own route would re-raise a new exception of the same type whose message is the
+    worker's whole traceback ("Caught DatasetError in DataLoader worker process 0 ..."), which
+    the CLI would print in place of the one-line message.
+    """
+
+    def __init__(self, error: LocDistillError):
+        self.error = error
+        self.trace = traceback.format_exc()
+
+    def reraise(self):
+        raise self.error from WorkerTraceback(self.trace)
+
+
+class DetectionLoader(DataLoader):
+    """A DataLoader on which a LocDistillError raised in a worker process surfaces in the main
+    process as itself (same type, same message, as with ``num_workers=0``)."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if isinstance(batch, _WorkerError):
+                batch.reraise()
+            yield batch
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -105,6 +139,9 @@ def collate(
     The targets come as a :class:`BatchTargets` list, which a worker process hands over by
     value (one shared-memory block per batch, the images, instead of one per tensor).
     """
+    failed = next((item for item in batch if isinstance(item, _WorkerError)), None)
+    if failed is not None:  # an item a worker could not load: the batch is the error (DetectionLoader)
+        return failed
     images, targets = zip(*batch)
     pad_shapes = [
         (math.ceil(im.shape[-2] / size_divisor) * size_divisor, math.ceil(im.shape[-1] / size_divisor) * size_divisor)
@@ -277,6 +314,10 @@ class SeededDataset(Dataset):
                 with defer_normalize():
                     return self.dataset[index]
             return self.dataset[index]
+        except LocDistillError as e:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            return _WorkerError(e)  # collate passes it on as the batch: DetectionLoader raises it
         finally:
             gen.set_state(saved)
 
@@ -298,7 +339,7 @@ def build_dataloader(
     distributed: bool = False,
     size_divisor: int = 32,
     pin_memory: bool = False,
-) -> DataLoader:
+) -> DetectionLoader:
     """A DataLoader yielding ``(images [B,3,Hp,Wp], targets)`` batches (see :func:`collate`).
 
     ``loader.sampler`` is an :class:`EpochSampler`; call :func:`set_epoch` each epoch for a
@@ -309,13 +350,15 @@ def build_dataloader(
     depend on the number of workers or processes, nor on where a run was resumed;
     ``loader.dataset`` is that wrapper (the original is ``loader.dataset.dataset``). The
     dataset's final ``Normalize`` is applied by :func:`collate`, straight into the batch.
+    A LocDistillError raised by the dataset in a worker is raised by the loader in the main
+    process unchanged (:class:`DetectionLoader`).
     """
     rank, world = 0, 1
     if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world, seeded=True)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
-    return DataLoader(
+    return DetectionLoader(
         SeededDataset(dataset, defer_normalize=True),
         batch_size=batch_size,
         sampler=sampler,
