@@ -262,7 +262,7 @@ def train_one_epoch(
     lr = schedule.last_lr
     with make_progress() as bar:
         task = bar.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=n_iters,
-                            completed=state.epoch_iter, info="")
+                            completed=state.epoch_iter, info="", epoch=state.epoch, epochs=tcfg.epochs)
         t_data = time.perf_counter()
         for i, (images, targets) in enumerate(loader, start=state.epoch_iter):
             if i >= n_iters:
