@@ -45,3 +45,21 @@ def test_demo_setting_teacher_never_saw_the_students_scenes_or_labels():
     noisy_val = build_dataset(load_config(STUDENT_CONFIG, small).data, "val")
     exact_val = build_dataset(load_config(STUDENT_CONFIG, small + ["data.digits_box_noise=0.0"]).data, "val")
     assert open(noisy_val.json_path, "rb").read() == open(exact_val.json_path, "rb").read()
+
+
+@pytest.mark.slow
+def test_demo_quick_prints_a_test_command_that_reproduces_each_row(tmp_path, capsys):
+    import json
+    import shlex
+
+    from locdistill.tools.demo import run_demo
+
+    out = run_demo(tmp_path / "demo", quick=True)
+    printed = [line.strip() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("locdistill test ")]
+    assert len(printed) == len(out["rows"]) == 3
+    assert shlex.split(printed[0])[3] == str(tmp_path / "demo" / "teacher.pth")  # survives a reinstall
+    for k, ((name, row), cmd) in enumerate(zip(out["rows"], printed)):
+        metrics = tmp_path / f"m{k}.json"
+        assert main(shlex.split(cmd)[1:] + ["--metrics-out", str(metrics)]) == 0, name
+        got = json.loads(metrics.read_text())
+        assert (got["AP"], got["AR100"]) == (row["AP"], row["AR100"]), name

@@ -5,13 +5,17 @@ import json
 import math
 import os
 import sys
+import textwrap
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from .dist import is_main_process
 
@@ -21,23 +25,118 @@ COCO_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
 
 def progress_enabled() -> bool:
-    """Progress bars on rank 0 only, unless LOCDISTILL_NO_PROGRESS is set (tests, CI logs)."""
+    """Progress bars on rank 0 only, unless LOCDISTILL_NO_PROGRESS is set (tests)."""
     return not os.environ.get("LOCDISTILL_NO_PROGRESS") and is_main_process()
 
 
-def make_progress(transient: bool = False) -> Progress:
-    """A rich progress bar with count, elapsed time, ETA and a free-text field ``info``."""
-    return Progress(
+def format_duration(seconds: float | None) -> str:
+    """``0:41``, ``12:05``, ``1:02:03``; ``?`` when unknown."""
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+# fn(done, total) -> a line shown under training progress (the demo's overall ETA); see overall_status
+_overall: Callable[[int, int], str | None] | None = None
+
+
+@contextmanager
+def overall_status(fn: Callable[[int, int], str | None]):
+    """While active, training progress shows one more line, ``fn(done, total)``: ``done`` / ``total``
+    are the iterations of the running training so far / in all its epochs."""
+    global _overall
+    _overall = fn
+    try:
+        yield
+    finally:
+        _overall = None
+
+
+class _Progress(Progress):
+    """Bar, count, elapsed time and ETA on one line that fits 80 columns; each task's ``info``
+    (losses) on a line of its own, then the overall line (:func:`overall_status`).
+
+    ``plain``: instead of a live display (which only a terminal redraws), print a plain line
+    every 10% of a task or every 30 s, and at its end: for log files and CI logs.
+    """
+
+    def __init__(self, *columns, plain: bool = False, **kwargs):
+        super().__init__(*columns, **kwargs)
+        self.plain = plain
+        self._said: dict = {}  # task id -> (completed, time) at the last plain line
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            if task.fields.get("info"):
+                yield Padding(Text(task.fields["info"], style="dim"), (0, 0, 0, 2))
+        line = self._overall_line()
+        if line:
+            yield Text(line)
+
+    def _overall_line(self) -> str | None:
+        runs = [t for t in self.tasks if "epochs" in t.fields and t.total]
+        if _overall is None or not runs:
+            return None
+        t = runs[-1]
+        return _overall(int(t.fields["epoch"] * t.total + t.completed), int(t.fields["epochs"] * t.total))
+
+    def add_task(self, *args, **kwargs):
+        task_id = super().add_task(*args, **kwargs)
+        self._said[task_id] = (self._tasks[task_id].completed, self.get_time())
+        return task_id
+
+    def update(self, task_id, **kwargs) -> None:
+        super().update(task_id, **kwargs)
+        if self.plain:
+            self._plain_line(self._tasks[task_id])
+
+    def advance(self, task_id, advance: float = 1) -> None:
+        super().advance(task_id, advance)
+        if self.plain:
+            self._plain_line(self._tasks[task_id])
+
+    def _plain_line(self, task) -> None:
+        done, now = task.completed, self.get_time()
+        last_done, last_time = self._said[task.id]
+        step = max(1, math.ceil((task.total or 1) / 10))
+        end = task.total is not None and done >= task.total
+        if done <= last_done or not (end or done - last_done >= step or now - last_time >= 30):
+            return
+        self._said[task.id] = (done, now)
+        total = "?" if task.total is None else f"{task.total:.0f}"
+        line = (f"{task.description}  {done:.0f}/{total}  elapsed {format_duration(task.elapsed)}"
+                f"  eta {format_duration(0 if end else task.time_remaining)}")
+        extra = task.fields.get("info", "")
+        if extra and len(line) + 2 + len(extra) <= 80:
+            line, extra = f"{line}  {extra}", ""
+        lines = [line] + textwrap.wrap(extra, 80, initial_indent="  ", subsequent_indent="  ")
+        lines += [self._overall_line() or ""]
+        self.console.print("\n".join(x for x in lines if x), markup=False, highlight=False, soft_wrap=True)
+
+
+def make_progress(transient: bool = False, out: Console | None = None, **kwargs) -> Progress:
+    """A progress display with count, elapsed time, ETA and a free-text field ``info`` (shown
+    on its own line). Off a terminal, a lasting (not ``transient``) one prints plain lines
+    now and then instead; nothing at all with LOCDISTILL_NO_PROGRESS. ``kwargs`` go to rich's
+    Progress (e.g. ``get_time``); ``out``: the console (default: this module's)."""
+    out = out or console
+    enabled = progress_enabled()
+    plain = enabled and not transient and not out.is_terminal
+    return _Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(bar_width=24),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        console=console,
+        console=out,
         transient=transient,
-        disable=not progress_enabled(),
+        disable=not enabled or plain,
+        plain=plain,
+        **kwargs,
     )
 
 
@@ -147,10 +246,11 @@ def print_table(table: Table) -> None:
         console.print(table)
 
 
-def info(msg: str) -> None:
-    """Print on rank 0 only (every rank runs the same code)."""
+def info(msg: str, raw: bool = False) -> None:
+    """Print on rank 0 only (every rank runs the same code). ``raw``: no markup and no line breaks
+    added (a command or path to copy)."""
     if is_main_process():
-        console.print(msg)
+        console.print(msg, markup=not raw, soft_wrap=raw)
 
 
 def warn(msg: str) -> None:

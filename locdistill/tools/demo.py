@@ -14,17 +14,22 @@ each (``--sequential`` turns this off). If the shipped teacher is missing (or
 """
 from __future__ import annotations
 
+import ast
+import dataclasses
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from ..config import load_config
-from ..engine.logging import info, metrics_table, print_table, warn
+from ..engine.logging import format_duration, info, metrics_table, overall_status, print_table, warn
 
 STUDENT_CONFIG = "demo/gfl_r18_digits"
 TEACHER_CONFIG = "demo/gfl_r34_digits_teacher"
@@ -67,17 +72,51 @@ class BackgroundRun:
         self.log = work_dir.parent / f"{work_dir.name}.log"
         self.log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(work_dir)]
-        if overrides:
-            cmd += ["--set", *overrides]
-        self.t0 = time.perf_counter()
+        self.wall0 = time.time()
+        self.ended: float | None = None  # perf_counter() when the child exited
+        self.wall_end = 0.0
+        self._progress = (0.0, 0)  # (when read, last train iteration in its metrics.jsonl)
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(self.command(config, work_dir, overrides), stdout=log,
+                                         stderr=subprocess.STDOUT, env=env)
+        self._waiter = threading.Thread(target=self._wait, daemon=True)  # its own end, not when we ask
+        self._waiter.start()
+
+    @staticmethod
+    def command(config: str, work_dir: Path, overrides: list[str]) -> list[str]:
+        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(work_dir)]
+        return cmd + ["--set", *overrides] if overrides else cmd
+
+    def _wait(self) -> None:
+        self.proc.wait()
+        self.wall_end = time.time()
+        self.ended = time.perf_counter()
+
+    def running(self) -> bool:
+        return self.ended is None
+
+    def fraction(self, total_iters: int) -> float:
+        """How much of its ``total_iters`` iterations the run has done, from its metrics.jsonl (read every 5 s)."""
+        if not self.running():
+            return 1.0
+        when, it = self._progress
+        if time.perf_counter() - when > 5:
+            path = self.work_dir / "metrics.jsonl"
+            for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # being written
+                    continue
+                if rec.get("mode") == "train" and rec.get("time", 0) >= self.wall0:  # not an earlier run's
+                    it = rec["iter"]
+                    break
+            self._progress = (time.perf_counter(), it)
+        return min(1.0, it / max(total_iters, 1))
 
     def result(self) -> dict:
         """Wait for the run; ``{"metrics", "checkpoint", "train_time"}`` like :func:`~locdistill.engine.train.fit`."""
-        rc = self.proc.wait()
-        elapsed = time.perf_counter() - self.t0
+        self._waiter.join()
+        rc = self.proc.returncode
         if rc != 0:
             tail = "".join(self.log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise RuntimeError(f"the background baseline run failed (exit {rc}); last lines of {self.log}:\n{tail}")
@@ -86,17 +125,76 @@ class BackgroundRun:
         metrics = {k: v for k, v in metrics.items() if k not in ("mode", "epoch", "iter", "time")}
         epochs = sorted(self.work_dir.glob("epoch_*.pth"), key=lambda f: int(f.stem.split("_")[1]))
         checkpoint = epochs[-1] if epochs else self.work_dir / "latest.pth"  # the file fit() would name
-        return {"metrics": metrics, "checkpoint": checkpoint, "train_time": elapsed}
+        return {"metrics": metrics, "checkpoint": checkpoint, "train_time": self.train_time()}
+
+    def train_time(self) -> float:
+        """Seconds from the child's start of training (it writes ``config.json`` then; else from its
+        launch) to its exit: its own time, however long the demo took to ask."""
+        snapshot = self.work_dir / "config.json"
+        start = snapshot.stat().st_mtime if snapshot.is_file() else 0.0
+        return self.wall_end - max(start, self.wall0)
+
+    def status(self) -> str:
+        """What the demo says once its own training is done."""
+        if self.running():
+            return f"waiting for the baseline run (log: {self.log}) ..."
+        return f"the baseline run had finished {format_duration(time.perf_counter() - self.ended)} earlier"
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
+        if self.running():
             self.proc.terminate()
-            self.proc.wait()
+            self._waiter.join()
+
+
+class DemoETA:
+    """The demo's line under the training progress (:func:`~locdistill.engine.logging.overall_status`):
+    time since the demo started and an estimate of the time left for the student trainings."""
+
+    def __init__(self, t0: float, background: BackgroundRun | None = None):
+        self.t0, self.background = t0, background
+        self.start(runs_after=0)
+
+    def start(self, runs_after: int) -> None:
+        """A foreground training starts now; ``runs_after`` more of the same length follow it."""
+        self.t_run, self.runs_after = time.perf_counter(), runs_after
+
+    def __call__(self, done: int, total: int) -> str:
+        now = time.perf_counter()
+        p = done / max(total, 1)
+        if self.background is not None:  # both students train side by side: the slower one decides
+            p = min(p, self.background.fraction(total))
+        took = now - self.t_run
+        left = took * (1 - p) / p + self.runs_after * took / p if p >= 0.01 else None
+        return f"demo: {format_duration(now - self.t0)} so far, about {format_duration(left)} to go"
+
+
+def _set_value(v) -> str:
+    """``v`` as ``--set`` reads it back (ast.literal_eval, else a bare string)."""
+    if isinstance(v, str):
+        try:
+            ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            return v
+    return repr(v)
+
+
+def reproduce_command(config: str, checkpoint: Path, overrides: list[str], data_from: str | None = None) -> str:
+    """The ``locdistill test`` command that scores ``checkpoint`` as the demo did: with the demo's
+    ``overrides`` and, for ``data_from``, the ``--set data.*`` items that give ``config`` its data."""
+    items = list(overrides)
+    if data_from is not None:
+        mine, theirs = load_config(config, overrides).data, load_config(data_from, overrides).data
+        for f in dataclasses.fields(theirs):
+            v = getattr(theirs, f.name)
+            if getattr(mine, f.name) != v:
+                items.append(f"data.{f.name}={_set_value(v)}")
+    return shlex.join(["locdistill", "test", config, str(checkpoint)] + (["--set", *items] if items else []))
 
 
 def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train_teacher: bool = False,
              sequential: bool = False) -> dict:
-    """Teacher vs student vs student + LD on digits; prints one table and the checkpoint paths.
+    """Teacher vs student vs student + LD on digits; prints one table and, per row, the
+    ``locdistill test`` command that scores it again.
 
     ``sequential=False`` trains the baseline in a background process next to the LD run
     when at least two CPU threads are available (see the module docstring).
@@ -107,9 +205,9 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
     overrides = quick_overrides() if quick else []
     t0 = time.perf_counter()
     info(f"[bold]locdistill demo[/bold]: localization distillation on the bundled digits data → {work_dir}")
-    rows, paths = [], {}
+    rows = []
 
-    teacher_ckpt = BUNDLED_TEACHER
+    teacher_ckpt = work_dir / "teacher.pth"  # a copy: the shipped file goes with a reinstall
     teacher_time = None
     if train_teacher or not BUNDLED_TEACHER.is_file():
         if not train_teacher:
@@ -117,12 +215,14 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
         out = fit(load_config(TEACHER_CONFIG, overrides), work_dir / "teacher")
         teacher_ckpt, teacher_time = Path(out["checkpoint"]), out["train_time"]
     else:
-        info(f"teacher: {TEACHER_CONFIG} from the shipped checkpoint {teacher_ckpt}")
+        work_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(BUNDLED_TEACHER, teacher_ckpt)
+        info(f"teacher: {TEACHER_CONFIG} from the shipped checkpoint (copied to {teacher_ckpt})")
     # the teacher trains on other scenes; it is scored on the student's val split, like the students
     teacher_metrics = evaluate_checkpoint(TEACHER_CONFIG, teacher_ckpt, overrides)
     rows.append(("teacher R-34 (" + ("trained" if teacher_time else "shipped") + ")",
                  {**teacher_metrics, "train time (s)": teacher_time if teacher_time else "-"}))
-    paths["teacher"] = teacher_ckpt
+    commands = [reproduce_command(TEACHER_CONFIG, teacher_ckpt, overrides, data_from=STUDENT_CONFIG)]
 
     ld_over = overrides + [f"distill.teacher_checkpoint={teacher_ckpt}"]
     threads = torch.get_num_threads()
@@ -134,21 +234,26 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
              f"thread(s) (log: {background.log})")
         info(f"[bold]student + LD[/bold]: {LD_CONFIG}, here with {threads - threads // 2} thread(s)")
         try:
-            ld_out = fit(load_config(LD_CONFIG, ld_over), work_dir / "student_ld")
-            info("waiting for the baseline run ...")
+            with overall_status(DemoETA(t0, background)):
+                ld_out = fit(load_config(LD_CONFIG, ld_over), work_dir / "student_ld")
+            info(background.status())
             base_out = background.result()
         finally:
             background.kill()
             torch.set_num_threads(threads)
     else:
-        info(f"[bold]student baseline[/bold]: {STUDENT_CONFIG}")
-        base_out = fit(load_config(STUDENT_CONFIG, overrides), work_dir / "student")
-        info(f"[bold]student + LD[/bold]: {LD_CONFIG}")
-        ld_out = fit(load_config(LD_CONFIG, ld_over), work_dir / "student_ld")
+        eta = DemoETA(t0)
+        with overall_status(eta):
+            info(f"[bold]student baseline[/bold]: {STUDENT_CONFIG}")
+            eta.start(runs_after=1)
+            base_out = fit(load_config(STUDENT_CONFIG, overrides), work_dir / "student")
+            info(f"[bold]student + LD[/bold]: {LD_CONFIG}")
+            eta.start(runs_after=0)
+            ld_out = fit(load_config(LD_CONFIG, ld_over), work_dir / "student_ld")
     rows.append(("student R-18", {**base_out["metrics"], "train time (s)": base_out["train_time"]}))
-    paths["student"] = base_out["checkpoint"]
+    commands.append(reproduce_command(STUDENT_CONFIG, base_out["checkpoint"], overrides))
     rows.append(("student R-18 + LD", {**ld_out["metrics"], "train time (s)": ld_out["train_time"]}))
-    paths["student_ld"] = ld_out["checkpoint"]
+    commands.append(reproduce_command(LD_CONFIG, ld_out["checkpoint"], overrides))
 
     print_table(metrics_table(rows, title="locdistill demo: digits val (COCO bbox, ×100)",
                               columns=("AP", "AP50", "AP75", "AR100"), extra=("train time (s)",)))
@@ -158,7 +263,10 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
     if not quick and gain < 0.5:
         warn("LD gained less than 0.5 AP here, below what docs/benchmarks.md measured over seeds "
              "('The gain of LD on digits'); check the teacher row and the two training logs")
-    for k, p in paths.items():
-        info(f"{k:>10}: {p}")
+    info("score each row again (config, checkpoint and the data it was scored on):")
+    for (name, _), cmd in zip(rows, commands):
+        info(f"  {name}:")
+        info(f"    {cmd}", raw=True)
     info(f"total time: {time.perf_counter() - t0:.0f} s on {torch.get_num_threads()} threads")
-    return {"rows": rows, "paths": paths}
+    return {"rows": rows, "commands": commands,
+            "paths": {"teacher": teacher_ckpt, "student": base_out["checkpoint"], "student_ld": ld_out["checkpoint"]}}

@@ -133,7 +133,7 @@ def visualize_distribution(config: str, checkpoint: str, image: str | os.PathLik
         ax.set_xlim(cx1, cx2)
         ax.set_ylim(cy2, cy1)
         rank = found.index(d) + 1
-        ax.set_title(f"#{rank} {student.classes[d['label']]} {d['score']:.2f} (P{int(math.log2(d['stride']))}, stride {d['stride']})",
+        ax.set_title(f"#{rank} {student.classes[d['label']]}: {d['score']:.2f} (P{int(math.log2(d['stride']))}, stride {d['stride']})",
                      fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
