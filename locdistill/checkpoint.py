@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import _codecs
 import collections
+import errno
 import os
 import pickle
 import tempfile
@@ -41,11 +42,30 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(CheckpointError):
+    """The disk (or quota) filled up while a file was written; the partial file is removed."""
+
+    def __init__(self, path: Path, reason: str, advice: str):
+        super().__init__(f"{reason} while writing {path}; {advice}")
+        self.path, self.reason = path, reason
+
+
+def _disk_full_reason(e: BaseException) -> str | None:
+    """Why a write failed when the disk is full, else None. PyTorch's zip writer, when it writes to a
+    path, reports a short write only as ``[enforce fail at inline_container.cc] unexpected pos``."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device" if e.errno == errno.ENOSPC else "disk quota exceeded"
+    if isinstance(e, RuntimeError) and "unexpected pos" in str(e):
+        return "no space left on device (or a disk error: PyTorch's writer stopped part-way)"
+    return None
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike, final_name: Any = None) -> Path:
     """``torch.save`` to ``path`` through a temp file + ``os.replace`` (never truncated).
 
     ``final_name(tmp_path) -> Path`` may choose the final name from the written bytes
-    (``convert`` inserts the file's sha256); returns the final path.
+    (``convert`` inserts the file's sha256); returns the final path. A full disk raises
+    :class:`DiskFullError` (the temp file is removed; files already there are untouched).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +79,15 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, final_name: Any = None)
         if final_name is not None:
             path = Path(final_name(Path(tmp)))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        reason = _disk_full_reason(e)
+        if reason:
+            raise DiskFullError(path, reason, "the partial file was removed and the files already in "
+                                f"{path.parent} are intact; free some space there and try again") from e
         raise
     return path
 
@@ -120,12 +144,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         if "Weights only load failed" in text or "Unsupported global" in text or "GLOBAL" in text:
             obj = restricted_load(path, map_location)
         else:
-            msg = text.splitlines()[0] if text else type(e).__name__
-            raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {msg}); "
-                                  "the file may be truncated or not a PyTorch checkpoint") from e
+            raise CheckpointError(f"checkpoint {path} could not be read: {_what_is_wrong(path, e)}") from e
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict")
     return obj
+
+
+def _what_is_wrong(path: Path, e: Exception) -> str:
+    """What a file ``torch.load`` failed on looks like: empty, a cut zip, text, other bytes."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(64)
+    error = f"{type(e).__name__}: {str(e).splitlines()[0].split('. ')[0]}" if str(e) else type(e).__name__
+    fix = "copy or download it again, or use another checkpoint"
+    if size == 0:
+        return f"it is empty (0 bytes); {fix}"
+    if head.startswith(b"PK\x03\x04"):  # the zip format of PyTorch checkpoints
+        return f"it is a zip archive of {size} bytes that is cut short or damaged ({error}); {fix}"
+    if head.startswith(b"\x80"):  # a pickle: PyTorch's legacy format
+        return f"it is a pickle of {size} bytes that cannot be read ({error}); {fix}"
+    text = head.decode("utf-8", "replace")
+    if any(c == "\ufffd" or (c < " " and c not in "\t\r\n") for c in text[:-3]):  # (a cut last character)
+        return f"it is not a PyTorch checkpoint: its first bytes are {head[:16]!r} ({size} bytes); {fix}"
+    return f"it is not a PyTorch checkpoint but text that starts with {text[:40]!r} ({size} bytes); {fix}"
 
 
 # ----------------------------------------------------------------------------------
@@ -277,9 +318,7 @@ def restricted_load(path: str | os.PathLike, map_location: str | torch.device = 
             "`locdistill convert clean.pth OUT.pth`"
         ) from e
     except Exception as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} could not be read ({type(e).__name__}: {msg}); "
-                              "the file may be truncated or not a PyTorch checkpoint") from e
+        raise CheckpointError(f"checkpoint {path} could not be read: {_what_is_wrong(path, e)}") from e
 
 
 def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> dict[str, torch.Tensor]:

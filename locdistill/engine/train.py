@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_model_weights, save_checkpoint
+from ..checkpoint import DiskFullError, load_checkpoint, load_model_weights, save_checkpoint
 from ..config import Config, TrainConfig, config_to_dict, save_config
 from ..errors import CheckpointError, ConfigError, TrainingError
 from . import dist
 from .evaluate import evaluate, unwrap
-from .logging import MetricsLogger, info, make_progress, metrics_table, print_table, warn
+from .logging import MetricsLogger, format_ap, info, make_progress, metrics_table, print_table, warn
 from .schedule import WarmupStepSchedule, build_optimizer, scaled_lr
 
 
@@ -79,6 +79,18 @@ class TrainState:
     epoch_iter: int = 0  # iterations done inside the current, unfinished epoch
     skipped: int = 0  # steps skipped because of a non-finite loss (train.skip_nonfinite)
     history: list = field(default_factory=list)  # evaluation records
+    checkpoint: tuple | None = None  # (path, "epoch N") of the last checkpoint written or resumed from
+
+    def position(self) -> str:
+        return f"batch {self.epoch_iter} of epoch {self.epoch + 1}" if self.epoch_iter else f"epoch {self.epoch}"
+
+    def checkpoint_note(self) -> tuple[str, str]:
+        """What a run that stops now leaves behind, and how to continue it (two clauses)."""
+        if self.checkpoint is None:
+            return "no checkpoint was written yet", "run the same command again"
+        path, where = self.checkpoint
+        return (f"the last checkpoint, {path} ({where}), is intact",
+                f"continue with the same command plus --resume {path}")
 
 
 class Precision:
@@ -198,20 +210,22 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _oom_message(images: torch.Tensor, cfg: Config) -> str:
+def _oom_message(images: torch.Tensor, cfg: Config, state: TrainState) -> str:
     b, _, h, w = images.shape
+    saved, then = state.checkpoint_note()
     amp = "" if cfg.train.amp else ", train with --amp (halves activation memory)"
-    return (f"CUDA out of memory with {b} image(s) per GPU of {h}x{w} pixels (padded batch). Fix: lower "
+    return (f"CUDA out of memory with {b} image(s) per GPU of {h}x{w} pixels (padded batch); {saved}. Lower "
             f"data.batch_size (--set data.batch_size={max(1, b // 2)}) and scale the learning rate with it "
-            f"(automatic unless train.lr pins it), or lower data.img_scale (now {tuple(cfg.data.img_scale)}){amp}. "
-            "The last checkpoint in the work dir is intact; continue with --resume.")
+            f"(automatic unless train.lr pins it), or lower data.img_scale (now {tuple(cfg.data.img_scale)}){amp}; "
+            f"then {then} and the fix.")
 
 
-def _nonfinite_message(terms: list[str], iteration: int, epoch: int) -> str:
-    return (f"non-finite loss ({', '.join(terms)}) at iteration {iteration} (epoch {epoch}); the last "
-            "checkpoint in the work dir is intact. Lower the learning rate (--set train.lr=...), add gradient "
-            "clipping (--set train.grad_clip=35.0), check the annotations for degenerate boxes, or skip such "
-            "steps with --set train.skip_nonfinite=True.")
+def _nonfinite_message(terms: list[str], iteration: int, state: TrainState) -> str:
+    saved, then = state.checkpoint_note()
+    return (f"non-finite loss ({', '.join(terms)}) at iteration {iteration} (epoch {state.epoch + 1}); {saved}. "
+            "Lower the learning rate (--set train.lr=...), add gradient clipping (--set train.grad_clip=35.0), "
+            "check the annotations for degenerate boxes, or skip such steps (--set train.skip_nonfinite=True); "
+            f"then {then} and the fix.")
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -235,9 +249,12 @@ def train_one_epoch(
 
     ``loader`` yields ``(images [B,3,H,W], targets)``; its sampler must already be set to
     this epoch and start position (:func:`locdistill.data.loader.set_epoch`). Loss values
-    reach the host only every ``min(train.log_interval, 10)`` steps (one all-reduce then
+    reach the host only every ``min(train.log_interval, 10)`` global iterations, at each
+    multiple of ``train.log_interval`` and at the end of the epoch (one all-reduce then
     under DDP), never per iteration — except with ``train.skip_nonfinite``, which reads
-    one flag per step to decide whether to apply it.
+    one flag per step to decide whether to apply it. ``metrics.jsonl`` gets a record at each
+    multiple of ``train.log_interval`` and at the end of the epoch: the mean losses of the
+    steps since the previous record.
     """
     model.train()
     tcfg = cfg.train
@@ -251,10 +268,11 @@ def train_one_epoch(
     sums: dict[str, torch.Tensor] = {}
     window: dict[str, torch.Tensor] = {}
     window_n = 0  # applied steps in the window
+    since_log = _SinceLog()
     n_applied = 0
     first_bad = None  # [T] first iteration at which each term was non-finite (no_bad: never), on the device
     no_bad = 2**62
-    show_every = max(1, min(tcfg.log_interval, 10))
+    show_every = min(tcfg.log_interval, 10)
     t0 = time.perf_counter()
     data_time = 0.0
     n_run = 0
@@ -281,7 +299,7 @@ def train_one_epoch(
                     optimizer.zero_grad(set_to_none=True)
                     precision.scaler.scale(total).backward()
                 except torch.OutOfMemoryError:
-                    raise TrainingError(_oom_message(images, cfg)) from None
+                    raise TrainingError(_oom_message(images, cfg, state)) from None
                 detached = {k: v.detach() for k, v in losses.items()}
                 detached["loss"] = total.detach()
                 if not terms:
@@ -310,10 +328,11 @@ def train_one_epoch(
                 state.iter += 1
                 state.epoch_iter = i + 1
                 n_run += 1
-                last = i + 1 == n_iters
-                if (i + 1) % show_every == 0 or last:  # logged before a Ctrl-C takes effect
-                    info_text = _check_window(window, window_n, first_bad, terms, state, lr, logger, tcfg, last,
-                                              data_time / n_run, (time.perf_counter() - t0) / n_run) or info_text
+                log_now = state.iter % tcfg.log_interval == 0 or i + 1 == n_iters
+                if log_now or state.iter % show_every == 0:  # logged before a Ctrl-C takes effect
+                    info_text = _check_window(window, window_n, first_bad, terms, state, lr, since_log,
+                                              logger if log_now else None, tcfg, data_time / n_run,
+                                              (time.perf_counter() - t0) / n_run) or info_text
                     window, window_n = {}, 0
             bar.update(task, advance=1, info=info_text)
             t_data = time.perf_counter()
@@ -321,18 +340,26 @@ def train_one_epoch(
     return {k: float(v) for k, v in means.items()}
 
 
+@dataclass
+class _SinceLog:
+    """Loss sums (host floats) and applied steps since the last ``metrics.jsonl`` record."""
+    sums: dict = field(default_factory=dict)
+    n: int = 0
+
+
 def _check_window(window: dict, window_n: int, first_bad, terms: list[str], state: TrainState, lr: float,
-                  logger: MetricsLogger | None, tcfg: TrainConfig, last: bool, data_time: float,
+                  since_log: _SinceLog, logger: MetricsLogger | None, tcfg: TrainConfig, data_time: float,
                   iter_time: float) -> str:
-    """Read the window's mean losses (means over ranks), stop on a non-finite one, log; returns the
-    progress-bar text. Every rank calls it at the same iterations (it holds collectives)."""
+    """Read the window's mean losses (means over ranks), stop on a non-finite one; with a ``logger``,
+    log the means since the last record. Returns the progress-bar text. Every rank calls it at the
+    same iterations (it holds collectives)."""
     if first_bad is not None:
         first = dist.all_reduce_min(first_bad)
         if int(first.min()) < 2**62 and not tcfg.skip_nonfinite:
             it = int(first.min())
             bad_terms = [k for k, f in zip(terms, first.tolist()) if f == it]
             bad_terms = [k for k in bad_terms if k != "loss"] or bad_terms
-            err = TrainingError(_nonfinite_message(bad_terms, it, state.epoch + 1))
+            err = TrainingError(_nonfinite_message(bad_terms, it, state))
             err.quiet = not dist.is_main_process()  # every rank stops; one prints
             raise err
     record: dict[str, Any] = {"mode": "train", "epoch": state.epoch + 1, "iter": state.iter, "lr": lr}
@@ -342,13 +369,19 @@ def _check_window(window: dict, window_n: int, first_bad, terms: list[str], stat
         vals = {k: vals[k] for k in terms}  # the criterion's order, total first in the log
         text = " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in vals.items() if k != "loss")
         text = f"loss={vals['loss']:.3f} {text} lr={lr:.2e}"
-        record.update(loss=vals["loss"], **{k: v for k, v in vals.items() if k != "loss"})
-    if tcfg.skip_nonfinite:
-        record["skipped"] = state.skipped
-        if state.skipped:
-            text += f" skipped={state.skipped}"
-    if logger is not None and (state.iter % tcfg.log_interval == 0 or last):
+        for k, v in vals.items():
+            since_log.sums[k] = since_log.sums.get(k, 0.0) + v * window_n
+        since_log.n += window_n
+    if tcfg.skip_nonfinite and state.skipped:
+        text += f" skipped={state.skipped}"
+    if logger is not None:
+        if since_log.n:
+            means = {k: v / since_log.n for k, v in since_log.sums.items()}
+            record.update(loss=means.pop("loss"), **means)
+        if tcfg.skip_nonfinite:
+            record["skipped"] = state.skipped
         logger.log({**record, "data_time": data_time, "iter_time": iter_time})
+        since_log.sums, since_log.n = {}, 0
     return text
 
 
@@ -435,17 +468,32 @@ class _Run:
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
         self.precision, self.state, self.meta_base = precision, state, meta_base
         self.cfg_dict = config_to_dict(cfg)
+        self.rng = None  # the RNG states of the last checkpoint saved or restored
 
-    def save(self, path: Path, **meta) -> Path:
+    def save(self, path: Path, keep_rng: bool = False, **meta) -> Path:
+        """Write a checkpoint of the run; ``keep_rng``: with the RNG states of the previous one
+        (rewriting it after an evaluation must not change how a resumed run trains on)."""
         s = self.state
+        if not (keep_rng and self.rng):
+            self.rng = rng_state()
         scaler = self.precision.scaler if self.precision.scaler.is_enabled() else None
-        extra = {"rng": rng_state(), "train_state": {"skipped": s.skipped, "history": list(s.history)}}
-        return save_checkpoint(
-            path, unwrap(self.model), self.cfg_dict,
-            {**self.meta_base, "epoch": s.epoch, "iter": s.iter, "epoch_iter": s.epoch_iter,
-             "world_size": dist.get_world_size(), "batch_size": self.cfg.data.batch_size,
-             "seed": self.cfg.train.seed, **meta},
-            self.optimizer, self.schedule, scaler, extra=extra)
+        extra = {"rng": self.rng, "train_state": {"skipped": s.skipped, "history": list(s.history)}}
+        try:
+            path = save_checkpoint(
+                path, unwrap(self.model), self.cfg_dict,
+                {**self.meta_base, "epoch": s.epoch, "iter": s.iter, "epoch_iter": s.epoch_iter,
+                 "world_size": dist.get_world_size(), "batch_size": self.cfg.data.batch_size,
+                 "seed": self.cfg.train.seed, **meta},
+                self.optimizer, self.schedule, scaler, extra=extra)
+        except DiskFullError as e:
+            if s.checkpoint is None:
+                note = "no checkpoint was written yet; free some space on that disk and run the same command again"
+            else:
+                last, where = s.checkpoint
+                note = (f"the previous checkpoints are intact, the last is {last} ({where}); free some space on "
+                        f"that disk, then continue with the same command plus --resume {last}")
+            raise DiskFullError(e.path, e.reason, note) from e
+        return path
 
     def restore(self, path: Path) -> None:
         ck = load_checkpoint(path)
@@ -480,9 +528,21 @@ class _Run:
                 s.epoch_iter = 0
         if "rng" in ck:
             set_rng_state(ck["rng"])
+            self.rng = ck["rng"]
+        s.checkpoint = (path, s.position())
 
 
 # ----------------------------------------------------------------------------- fit
+
+
+def _check_train_config(tcfg: TrainConfig) -> None:
+    """Values with which a run would do nothing or fail late; checked before anything is built."""
+    if tcfg.epochs < 1:
+        raise ConfigError(f"train.epochs={tcfg.epochs}: a run trains at least one epoch; use --set train.epochs=N "
+                          "with N >= 1 (to evaluate a checkpoint without training: locdistill test CONFIG CKPT)")
+    if tcfg.log_interval < 1:
+        raise ConfigError(f"train.log_interval={tcfg.log_interval}: the iterations between two metrics.jsonl "
+                          "records must be at least 1; use e.g. --set train.log_interval=50")
 
 
 def fit(cfg: Config, work_dir: str | os.PathLike, resume: str | os.PathLike | bool | None = None,
@@ -495,7 +555,10 @@ def fit(cfg: Config, work_dir: str | os.PathLike, resume: str | os.PathLike | bo
     in ``work_dir``, a path from that file. ``model_factory(cfg, model, device) -> nn.Module``
     may wrap the detector (e.g. the Distiller adds a teacher). Returns
     ``{"metrics", "checkpoint", "train_time", "work_dir"}`` (the same on every rank).
+    The work dir is created only once the data and the model are built (a failed start
+    leaves nothing behind).
     """
+    _check_train_config(cfg.train)
     own_group = dist.env_world_size() > 1 and not (torch.distributed.is_available()
                                                    and torch.distributed.is_initialized())
     was_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -509,10 +572,32 @@ def fit(cfg: Config, work_dir: str | os.PathLike, resume: str | os.PathLike | bo
             dist.cleanup_distributed()
 
 
+def _resumed_lr(tcfg: TrainConfig, schedule: WarmupStepSchedule, lr: float) -> str | None:
+    """After a restore: a ``train.lr`` other than the checkpoint's wins, else the checkpoint's lr stays.
+    Returns the lr text of the summary line, None when the checkpoint's lr is this config's."""
+    old = schedule.base_lr
+    if old == lr:
+        return None
+    if tcfg.lr is not None:
+        schedule.base_lr = lr
+        return f"lr from the checkpoint {old:.5g} → {lr:.5g} (train.lr)"
+    return (f"lr {old:.5g} (from the checkpoint; the scaling rule would give {lr:.5g}: "
+            "pin another with --set train.lr=...)")
+
+
+_ORPHANED_TMP = re.compile(r"\.(epoch_\d+|latest)\.pth\.\w+\.tmp")  # atomic_torch_save / _link_latest temp files
+
+
+def _remove_orphaned_temps(work_dir: Path) -> int:
+    """Remove the temp files of checkpoint writes that a killed run never finished; returns how many."""
+    orphans = [p for p in work_dir.glob(".*.tmp") if _ORPHANED_TMP.fullmatch(p.name) and p.is_file()]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
+
+
 def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factory) -> dict[str, Any]:
     main = dist.is_main_process()
-    if main:
-        work_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     train_set, val_set, train_loader, val_loader, model, criterion = build_training(cfg, device)
     if model_factory is not None:
@@ -525,42 +610,84 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
     lr = scaled_lr(cfg.train, total_batch)
     rule = "pinned by train.lr" if cfg.train.lr is not None else (
         f"{cfg.train.base_lr} × {total_batch} / {cfg.train.base_batch}")
-    procs = f", {world} processes × {cfg.data.batch_size} images" if world > 1 else ""
-    info(f"[bold]{cfg.name}[/bold]: {len(train_set)} train / {len(val_set)} val images, "
-         f"{cfg.model.num_classes} classes, device {device}{procs}, lr {lr:.5g} ({rule}), {precision.name}")
+    lr_text = f"lr {lr:.5g} ({rule})"
     optimizer = build_optimizer(model, cfg.train, lr)
     schedule = WarmupStepSchedule(optimizer, lr, cfg.train)
     state = TrainState()
     meta_base = {"classes": list(train_set.classes), "config_name": cfg.name}
     run = _Run(cfg, model, optimizer, schedule, precision, state, meta_base)
 
-    resumed = False
+    path = None  # the checkpoint resumed from
     if resume:
         path = find_resume_checkpoint(work_dir) if resume is True else Path(resume)
         if path is None:
             raise CheckpointError(f"--resume: no checkpoint in {work_dir}; start without --resume")
         run.restore(path)
-        resumed = True
+        lr_text = _resumed_lr(cfg.train, schedule, lr) or lr_text
+    procs = f", {world} processes × {cfg.data.batch_size} images" if world > 1 else ""
+    info(f"[bold]{cfg.name}[/bold]: {len(train_set)} train / {len(val_set)} val images, "
+         f"{cfg.model.num_classes} classes, device {device}{procs}, {lr_text}, {precision.name}")
+    if path is not None:
         where = f", batch {state.epoch_iter} of epoch {state.epoch + 1}" if state.epoch_iter else ""
         info(f"resumed from {path} at epoch {state.epoch}, iteration {state.iter}{where}")
+        if state.epoch_iter and state.epoch >= cfg.train.epochs:
+            raise ConfigError(f"{path} is in the middle of epoch {state.epoch + 1}, past train.epochs="
+                              f"{cfg.train.epochs}; finish that epoch with --set train.epochs={state.epoch + 1}")
     model = dist.wrap_ddp(model, device)  # after loading: every rank starts from the same weights
     run.model = model
 
+    if main:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        removed = _remove_orphaned_temps(work_dir)
+        if removed:
+            info(f"removed {removed} unfinished checkpoint file(s) (.*.pth.*.tmp) that a killed run left in {work_dir}")
     logger = MetricsLogger(work_dir if main else None, tensorboard=cfg.train.tensorboard,
-                           purge_step=state.iter + 1 if resumed else None)
+                           purge_step=state.iter + 1 if path is not None else None)
     if main:
         save_config(cfg, work_dir)
-        if resumed:
+        if path is not None:
             logger.truncate_after(state.iter, state.epoch)
 
+    def save_epoch(keep_rng: bool = False) -> Path:
+        """Checkpoint of the finished epoch ``state.epoch`` → epoch_N.pth and latest.pth (all ranks call it)."""
+        ckpt = work_dir / f"epoch_{state.epoch}.pth"
+        if main:
+            run.save(ckpt, keep_rng=keep_rng)
+            _link_latest(ckpt, work_dir / "latest.pth")
+            for old in _checkpoints(work_dir)[: -max(cfg.train.keep_checkpoints, 1)]:
+                old.unlink(missing_ok=True)
+        state.checkpoint = (ckpt, state.position())
+        return ckpt
+
+    def evaluate_epoch() -> dict[str, float]:
+        metrics, _ = evaluate(model, val_loader, cfg, val_set, device)
+        rec = {"mode": "val", "epoch": state.epoch, "iter": state.iter, **metrics}
+        logger.log(rec)
+        state.history.append(rec)
+        shown = "  ".join(f"{k} {format_ap(metrics[k])}" for k in ("AP", "AP50", "AP75", "AR100"))
+        info(f"epoch {state.epoch} val: {shown}")  # n/a: undefined (-1), e.g. no ground truth of that kind
+        return metrics
+
     metrics: dict[str, float] = {}
+    ckpt_path = path
+    trained = state.epoch >= cfg.train.epochs  # a resumed run that has nothing left to train
+    final = next((r for r in state.history if r.get("mode") == "val" and r.get("epoch") == state.epoch), None)
+    if trained and final is not None:
+        metrics = {k: v for k, v in final.items() if k not in ("mode", "epoch", "iter")}
+        info(f"this run already finished: {path} holds epoch {state.epoch} (train.epochs={cfg.train.epochs}) and "
+             f"its evaluation, so there is nothing to do. To train longer, resume with --set train.epochs=N, "
+             f"N > {state.epoch}")
     t_start = time.perf_counter()
-    ckpt_path = None
     from ..data.loader import set_epoch
 
     try:
         with GracefulInterrupt() as interrupt:
             try:
+                if trained and final is None:  # e.g. a Ctrl-C during the final evaluation
+                    info(f"epoch {state.epoch} was trained but not evaluated: evaluating it now")
+                    metrics = evaluate_epoch()
+                    with interrupt.deferred():
+                        ckpt_path = save_epoch(keep_rng=True)
                 while state.epoch < cfg.train.epochs:
                     set_epoch(train_loader, state.epoch, start_batch=state.epoch_iter)
                     means = train_one_epoch(model, criterion, train_loader, optimizer, schedule, state, cfg, device,
@@ -568,30 +695,23 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
                     with interrupt.deferred():
                         state.epoch += 1
                         state.epoch_iter = 0
-                        ckpt_path = work_dir / f"epoch_{state.epoch}.pth"
-                        if main:
-                            run.save(ckpt_path)
-                            _link_latest(ckpt_path, work_dir / "latest.pth")
-                            for old in _checkpoints(work_dir)[: -max(cfg.train.keep_checkpoints, 1)]:
-                                old.unlink(missing_ok=True)
+                        ckpt_path = save_epoch()
                     loss_txt = ", ".join(f"{k}={v:.4f}" for k, v in means.items())
                     skipped = f" ({state.skipped} non-finite steps skipped so far)" if state.skipped else ""
                     info(f"epoch {state.epoch}/{cfg.train.epochs}: {loss_txt}{skipped}")
                     last = state.epoch == cfg.train.epochs
                     ei = cfg.train.eval_interval
                     if last or (ei > 0 and state.epoch % ei == 0):
-                        metrics, _ = evaluate(model, val_loader, cfg, val_set, device)
-                        rec = {"mode": "val", "epoch": state.epoch, "iter": state.iter, **metrics}
-                        logger.log(rec)
-                        state.history.append(rec)
-                        info(f"epoch {state.epoch} val: AP {100 * metrics['AP']:.1f}  AP50 {100 * metrics['AP50']:.1f}"
-                             f"  AP75 {100 * metrics['AP75']:.1f}  AR100 {100 * metrics['AR100']:.1f}")
+                        metrics = evaluate_epoch()
+                    if last:  # rewritten with its evaluation in the history: a resume sees the run is complete
+                        with interrupt.deferred():
+                            save_epoch(keep_rng=True)
             except KeyboardInterrupt:
                 if main:
-                    path = run.save(work_dir / "latest.pth", interrupted=True)
+                    saved = run.save(work_dir / "latest.pth", interrupted=True)
                     where = (f"batch {state.epoch_iter} of epoch {state.epoch + 1}" if state.epoch_iter
                              else f"the end of epoch {state.epoch}")
-                    info(f"interrupted at iteration {state.iter} ({where}); saved {path}. Continue with the same "
+                    info(f"interrupted at iteration {state.iter} ({where}); saved {saved}. Continue with the same "
                          f"command plus --resume (--work-dir {work_dir})")
                 raise
     finally:
