@@ -143,3 +143,46 @@ def test_corrupt_image_in_a_loader_worker_is_a_one_line_error(tmp_path):
     assert lines[-1].startswith("locdistill: error: cannot decode image file") and "im2.png" in lines[-1]
     in_main = _train_cli(tmp_path, path, img_dir, "data.workers=0")
     assert in_main.returncode == 2 and in_main.stderr.strip().splitlines()[-1] == lines[-1]
+
+
+# ----------------------------------------------------------------------------- case 9: no ground truth
+
+
+def _gt_file(tmp_path, annotations):
+    gt = {"images": [{"id": 1, "file_name": "im0.png", "width": 300, "height": 300}],
+          "categories": [{"id": 1, "name": "a"}], "annotations": annotations}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    return path
+
+
+def test_metrics_without_detections_are_zero_where_defined_and_minus_one_where_not(tmp_path):
+    small = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 20, 20], "area": 400, "iscrowd": 0}
+    m = coco_evaluate(_gt_file(tmp_path, [small]), [])
+    # pycocotools: a metric whose area range has no ground truth is -1 (undefined), a missed one is 0
+    assert [k for k in METRIC_KEYS if m[k] == -1.0] == ["APm", "APl", "ARm", "ARl"]
+    assert all(m[k] == 0.0 for k in METRIC_KEYS if k not in ("APm", "APl", "ARm", "ARl"))
+    assert coco_evaluate(_gt_file(tmp_path, []), []) == {k: -1.0 for k in METRIC_KEYS}
+
+
+def test_val_set_without_annotations_warns_and_scores_minus_one(tmp_path, capsys):
+    from locdistill.config import load_config
+    from locdistill.data.loader import build_dataloader, build_dataset
+    from locdistill.engine.evaluate import evaluate
+    from locdistill.models import build_detector
+
+    path, img_dir = _write_dataset(tmp_path, annotations=[], n_images=2)
+    cfg = load_config("gfl/gfl_r18_fpn_coco_1x", [*TINY_MODEL, "data.workers=0", "model.num_classes=3",
+                                                  f"data.val_json={path}", f"data.val_images={img_dir}"])
+    val_set = build_dataset(cfg.data, "val")
+    loader = build_dataloader(val_set, 2, 0, shuffle=False)
+    model = build_detector(cfg.model)
+    for score_thr in (1.1, 0.0):  # no detections at all, then detections everywhere
+        cfg.test.score_thr = score_thr
+        capsys.readouterr()
+        metrics, results = evaluate(model, loader, cfg, val_set, torch.device("cpu"))
+        assert (len(results) == 0) == (score_thr > 1)
+        assert metrics == {k: -1.0 for k in METRIC_KEYS}  # kept as pycocotools reports them
+        out = "".join(capsys.readouterr().out.split())  # the console wraps long lines
+        expected = f"{path}: the val set has no annotations; every metric is undefined (shown as n/a)"
+        assert "".join(expected.split()) in out and "fix:" in out

@@ -13,7 +13,7 @@ from ..config import Config
 from ..evaluation.coco import coco_evaluate, detections_to_coco
 from ..postprocess import postprocess
 from . import dist
-from .logging import make_progress
+from .logging import make_progress, warn
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -73,7 +73,8 @@ def evaluate(model: nn.Module, loader, cfg: Config, dataset, device: torch.devic
     (:func:`locdistill.evaluation.voc.voc_metrics`, the per-class table is printed) mAP,
     AP, AP50 … AP95 and AR100. ``metric=None`` takes the dataset's ``default_metric``
     (``"mAP"`` for VOC, ``"bbox"`` otherwise). ``out`` writes the COCO results JSON with
-    the dataset's own image and category ids.
+    the dataset's own image and category ids. A val set without any ground-truth box scores
+    ``-1`` (undefined) everywhere, with a warning.
     """
     detections, image_ids = predict_loader(model, loader, cfg, device, progress)
     if dist.is_distributed():  # each rank predicted its shard: rank 0 scores them all, the others wait
@@ -95,4 +96,8 @@ def evaluate(model: nn.Module, loader, cfg: Config, dataset, device: torch.devic
     else:
         gt = dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path  # VOC data: as COCO
         metrics = coco_evaluate(gt, results, cat_ids=list(dataset.cat_ids), img_ids=image_ids)
+        if metrics["AP"] < 0:  # AP over every area is undefined only without any ground-truth box
+            warn(f"{dataset.json_path}: the val set has no annotations; every metric is undefined (shown as "
+                 "n/a); fix: point data.val_json (data.voc_val for VOC data) at a file whose 'annotations' list the (non-crowd) boxes of "
+                 "its images, of the classes in data.classes if it is set")
     return dist.broadcast_from_main(metrics), results

@@ -93,11 +93,10 @@ def coco_evaluate(
     in [0, 1] (``-1.0`` where COCO defines none: an area range without ground truth, as
     pycocotools reports it). ``cat_ids`` / ``img_ids`` restrict the evaluation (e.g. to the
     classes and images a dataset actually uses); by default every category and image of
-    the JSON counts. Empty results give all zeros. faster-coco-eval's printing is
+    the JSON counts. Empty results score 0 where there is ground truth and -1 where there is
+    none (no ground truth at all: every metric is -1). faster-coco-eval's printing is
     silenced unless ``verbose``.
     """
-    if len(coco_results) == 0:
-        return {k: 0.0 for k in METRIC_KEYS}
     from faster_coco_eval import COCO, COCOeval_faster
 
     say = print if verbose else (lambda *args, **kwargs: None)
