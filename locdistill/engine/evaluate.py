@@ -98,6 +98,6 @@ def evaluate(model: nn.Module, loader, cfg: Config, dataset, device: torch.devic
         metrics = coco_evaluate(gt, results, cat_ids=list(dataset.cat_ids), img_ids=image_ids)
         if metrics["AP"] < 0:  # AP over every area is undefined only without any ground-truth box
             warn(f"{dataset.json_path}: the val set has no annotations; every metric is undefined (shown as "
-                 "n/a); fix: point data.val_json (data.voc_val for VOC data) at a file whose 'annotations' list the (non-crowd) boxes of "
-                 "its images, of the classes in data.classes if it is set")
+                 "n/a); fix: point data.val_json (data.voc_val for VOC data) at a file whose 'annotations' "
+                 "list the (non-crowd) boxes of its images, of the classes in data.classes if it is set")
     return dist.broadcast_from_main(metrics), results
