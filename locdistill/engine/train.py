@@ -217,7 +217,7 @@ def _oom_message(images: torch.Tensor, cfg: Config, state: TrainState) -> str:
     return (f"CUDA out of memory with {b} image(s) per GPU of {h}x{w} pixels (padded batch); {saved}. Lower "
             f"data.batch_size (--set data.batch_size={max(1, b // 2)}) and scale the learning rate with it "
             f"(automatic unless train.lr pins it), or lower data.img_scale (now {tuple(cfg.data.img_scale)}){amp}; "
-            f"then {then} and the fix.")
+            f"then {then}, adding the fix.")
 
 
 def _nonfinite_message(terms: list[str], iteration: int, state: TrainState) -> str:
@@ -225,7 +225,7 @@ def _nonfinite_message(terms: list[str], iteration: int, state: TrainState) -> s
     return (f"non-finite loss ({', '.join(terms)}) at iteration {iteration} (epoch {state.epoch + 1}); {saved}. "
             "Lower the learning rate (--set train.lr=...), add gradient clipping (--set train.grad_clip=35.0), "
             "check the annotations for degenerate boxes, or skip such steps (--set train.skip_nonfinite=True); "
-            f"then {then} and the fix.")
+            f"then {then}, adding the fix.")
 
 
 # ----------------------------------------------------------------------------- one epoch
