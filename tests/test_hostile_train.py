@@ -11,6 +11,7 @@ from locdistill.checkpoint import atomic_torch_save, load_checkpoint
 from locdistill.cli import main
 from locdistill.config import load_config
 from locdistill.errors import CheckpointError, TrainingError
+from injection import inject as _inject
 
 # 24 train images / batch 8 = 3 iterations per epoch
 TINY = ["data.digits_train=24", "data.digits_val=12", "data.digits_image_size=96", "data.img_scale=(96, 96)",
@@ -39,27 +40,6 @@ def _train(work_dir, *over, resume=False):
 def _out(capsys):
     out, err = capsys.readouterr()
     return " ".join(out.split()), " ".join(err.split())
-
-
-class _Injecting:
-    """Wraps the criterion: runs ``action(losses)`` at the n-th call (1-based)."""
-
-    def __init__(self, criterion, at, action):
-        self.criterion, self.at, self.action, self.calls = criterion, at, action, 0
-
-    def __call__(self, *args, **kwargs):
-        losses = self.criterion(*args, **kwargs)
-        self.calls += 1
-        if self.calls == self.at:
-            losses = self.action(losses) or losses
-        return losses
-
-
-def _inject(monkeypatch, at, action):
-    import locdistill.models.build as build
-
-    real = build.build_criterion
-    monkeypatch.setattr(build, "build_criterion", lambda cfg: _Injecting(real(cfg), at, action))
 
 
 def _nan_bbox(losses):

@@ -1,0 +1,25 @@
+"""Fault injection for training tests: make the criterion misbehave at a chosen step."""
+from __future__ import annotations
+
+
+class Injecting:
+    """Wraps a criterion: applies ``action(losses)`` at its n-th call (1-based); ``action`` may
+    return new losses (e.g. a NaN term) or raise (e.g. KeyboardInterrupt)."""
+
+    def __init__(self, criterion, at: int, action):
+        self.criterion, self.at, self.action, self.calls = criterion, at, action, 0
+
+    def __call__(self, *args, **kwargs):
+        losses = self.criterion(*args, **kwargs)
+        self.calls += 1
+        if self.calls == self.at:
+            losses = self.action(losses) or losses
+        return losses
+
+
+def inject(monkeypatch, at: int, action) -> None:
+    """Make every criterion built from now on (``build_criterion``) an :class:`Injecting` one."""
+    import locdistill.models.build as build
+
+    real = build.build_criterion
+    monkeypatch.setattr(build, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))
