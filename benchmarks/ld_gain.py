@@ -12,6 +12,13 @@ Diagnostics (ask for them with --variants):
 
     python benchmarks/ld_gain.py --seeds 0 1 2 --out-dir work_dirs/ld_gain --jobs 2 --threads 1
 
+Settings (--setting) say where the teacher comes from; the students are the same:
+  demo       the shipped R-34 teacher, trained on 2,000 other scenes with exact boxes
+  same_data  the realistic case: an R-34 teacher trained on the student's own 2,000 scenes
+             with the same noisy boxes (train.epochs 16), so on the student's training
+             images it has seen every answer, and on val it is only a little better than
+             the student. Trained once by this script into OUT_DIR/teacher_same_data.
+
 Each run writes its work dir under --out-dir; runs whose final metrics exist are
 reused (so the benchmark can be resumed or split across machines). Prints mean ± std
 of AP, AP75 and AR100 per variant and the LD − baseline difference, as a markdown table.
@@ -38,6 +45,11 @@ VARIANTS = {
                                           "distill.reduction=sum"]),
 }
 DEFAULT_VARIANTS = ["baseline", "ld", "full"]
+# setting -> (teacher config, its overrides); None: the shipped teacher the LD configs name
+SETTINGS = {
+    "demo": None,
+    "same_data": ("demo/gfl_r34_digits_teacher", ["data.digits_seed=0", "data.digits_box_noise=0.1"]),
+}
 KEYS = ("AP", "AP50", "AP75", "AR100")
 
 
@@ -50,6 +62,24 @@ def final_metrics(work_dir: Path) -> dict | None:
     if not vals or vals[-1]["epoch"] != cfg["train"]["epochs"]:
         return None
     return vals[-1]
+
+
+def run_name(setting: str, variant: str, seed: int) -> str:
+    """Work dir name of one run; the baseline has no teacher, so every setting shares it."""
+    prefix = "" if setting == "demo" or variant == "baseline" else f"{setting}_"
+    return f"{prefix}{variant}_seed{seed}"
+
+
+def train_teacher(out: Path, setting: str) -> Path:
+    """The setting's teacher checkpoint, trained into OUT_DIR/teacher_<setting> unless it is there."""
+    config, extra = SETTINGS[setting]
+    wd = out / f"teacher_{setting}"
+    if final_metrics(wd) is None:
+        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set", *extra]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, env=dict(os.environ, LOCDISTILL_NO_PROGRESS="1"), stdout=subprocess.DEVNULL)
+    epochs = json.loads((wd / "config.json").read_text())["train"]["epochs"]
+    return wd / f"epoch_{epochs}.pth"
 
 
 def wait_one(running: list) -> list:
@@ -71,19 +101,24 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="extra overrides for every run")
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads per run")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. --jobs 2 --threads 1 on 2 cores)")
+    ap.add_argument("--setting", default="demo", choices=list(SETTINGS), help="where the teacher comes from")
     args = ap.parse_args()
     out = Path(args.out_dir)
     env = dict(os.environ, LOCDISTILL_NO_PROGRESS="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
+    teacher = []  # overrides naming the setting's teacher checkpoint
+    if SETTINGS[args.setting] is not None:
+        teacher = [f"distill.teacher_checkpoint={train_teacher(out, args.setting)}"]
     todo = []
     for variant in args.variants:
         config, extra = VARIANTS[variant]
         for seed in args.seeds:
-            wd = out / f"{variant}_seed{seed}"
+            wd = out / run_name(args.setting, variant, seed)
             if final_metrics(wd) is None:
                 todo.append([sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set",
-                             f"train.seed={seed}", "train.eval_interval=0", *extra, *args.overrides])
+                             f"train.seed={seed}", "train.eval_interval=0", *extra,
+                             *(teacher if variant != "baseline" else []), *args.overrides])
     running: list[subprocess.Popen] = []
     for cmd in todo:  # at most --jobs runs at a time; a failed run stops the benchmark
         while len(running) >= args.jobs:
@@ -94,7 +129,7 @@ def main() -> None:
         running = wait_one(running)
     rows = {}
     for variant in args.variants:
-        ms = [final_metrics(out / f"{variant}_seed{s}") for s in args.seeds]
+        ms = [final_metrics(out / run_name(args.setting, variant, s)) for s in args.seeds]
         ms = [m for m in ms if m]
         rows[variant] = {k: [100 * m[k] for m in ms] for k in KEYS}
     print("\n| variant | runs | " + " | ".join(KEYS) + " |")
