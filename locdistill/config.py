@@ -160,6 +160,15 @@ class DistillConfig:
     kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
+    # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features
+    # after tower conv `crosshead_layer` go through the frozen teacher's rest of the head; the three terms
+    # compare those cross-head predictions with the teacher's own. On when any of the three weights is > 0.
+    crosshead_layer: int = -2  # tower conv index (negative: from each tower's end); -2 = CrossKD's default
+    crosshead_ld_weight: float = 0.0  # KL of the box distributions (0 = off; CrossKD GFL: 3.0)
+    crosshead_ld_temperature: float = 1.0  # CrossKD GFL: T=1, KL summed over the bins
+    crosshead_kd_weight: float = 0.0  # class KD, quality-focal style (0 = off; CrossKD GFL: 1.0)
+    crosshead_kd_beta: float = 1.0  # exponent of |sigmoid(s) - sigmoid(t)| (CrossKD GFL: 1)
+    crosshead_box_weight: float = 0.0  # GIoU to the teacher's decoded box (0 = off; CrossKD GFL: 2.0)
 
     @classmethod
     def paper(cls, teacher_config: str, teacher_checkpoint: str) -> "DistillConfig":
@@ -167,6 +176,20 @@ class DistillConfig:
         return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
                    ld_weight=0.25, ld_temperature=10.0, vlr_weight=0.25, vlr_temperature=10.0,
                    kd_weight=10.0, kd_temperature=2.0, reduction="sum")
+
+    @classmethod
+    def crosskd(cls, teacher_config: str, teacher_checkpoint: str) -> "DistillConfig":
+        """CrossKD's GFL recipe: cross-head only (main LD, VLR and KD off), tower conv -2 (the third of four),
+        cross-head LD 3.0/T1, quality-focal KD 1.0/beta 1, GIoU 2.0."""
+        return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
+                   ld_weight=0.0, vlr_weight=0.0, kd_weight=0.0, crosshead_layer=-2,
+                   crosshead_ld_weight=3.0, crosshead_ld_temperature=1.0, crosshead_kd_weight=1.0,
+                   crosshead_kd_beta=1.0, crosshead_box_weight=2.0)
+
+    @property
+    def crosshead(self) -> bool:
+        """Cross-head distillation is on (one of its weights is non-zero)."""
+        return bool(self.crosshead_ld_weight or self.crosshead_kd_weight or self.crosshead_box_weight)
 
 
 @dataclass

@@ -23,6 +23,7 @@ __all__ = [
     "giou_loss",
     "kd_kl_loss",
     "ld_kl_loss",
+    "kd_quality_focal_loss",
 ]
 
 #: float32 machine epsilon, added to every average factor (mmdet ``weight_reduce_loss``).
@@ -151,3 +152,29 @@ def ld_kl_loss(student_logits: Tensor, teacher_logits: Tensor, T: float = 10.0) 
         ``[...]``.
     """
     return kd_kl_loss(student_logits, teacher_logits, T, class_reduction="mean")
+
+
+def kd_quality_focal_loss(student_logits: Tensor, teacher_logits: Tensor, beta: float = 1.0) -> Tensor:
+    """Class KD in quality-focal style (CrossKD's class term), summed over classes.
+
+    Per class: ``BCE(s, σ(t)) · |σ(s) − σ(t)|^beta``, the teacher's sigmoid score as a soft target,
+    modulated like QFL by the gap to it (so it is exactly 0 where ``s == t``). The teacher is
+    detached.
+
+    Args:
+        student_logits: ``[..., C]`` class logits of the student (here: the cross-head predictions).
+        teacher_logits: ``[..., C]`` the teacher's class logits.
+        beta: focusing exponent (CrossKD: 1).
+
+    Returns:
+        ``[...]``.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)}"
+        )
+    s = student_logits.float()
+    target = teacher_logits.detach().float().sigmoid()
+    bce = F.binary_cross_entropy_with_logits(s, target, reduction="none")
+    return (bce * (s.sigmoid() - target).abs().pow(beta)).sum(dim=-1)

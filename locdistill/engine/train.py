@@ -421,10 +421,13 @@ def build_training(cfg: Config, device: torch.device):
         from ..distill import Distiller, build_teacher
 
         teacher = build_teacher(cfg.distill.teacher_config, cfg.distill.teacher_checkpoint, num_classes)
-        model = Distiller(model, teacher, need_same_classes=cfg.distill.kd_weight > 0)
+        model = Distiller.from_config(model, teacher, cfg.distill)  # + cross-head when its weights are set
         d = cfg.distill
         info(f"distilling from {d.teacher_config} ({d.teacher_checkpoint}): LD w={d.ld_weight} T={d.ld_temperature}, "
-             f"VLR w={d.vlr_weight}, KD w={d.kd_weight} T={d.kd_temperature}, reduction={d.reduction}")
+             f"VLR w={d.vlr_weight}, KD w={d.kd_weight} T={d.kd_temperature}, reduction={d.reduction}"
+             + (f"; cross-head after tower conv {d.crosshead_layer}: LD w={d.crosshead_ld_weight} "
+                f"T={d.crosshead_ld_temperature}, KD w={d.crosshead_kd_weight}, box w={d.crosshead_box_weight}"
+                if d.crosshead else ""))
     model = model.to(device)
     criterion = build_criterion(cfg)
     return train_set, val_set, train_loader, val_loader, model, criterion
@@ -478,6 +481,8 @@ class _Run:
             self.rng = rng_state()
         scaler = self.precision.scaler if self.precision.scaler.is_enabled() else None
         extra = {"rng": self.rng, "train_state": {"skipped": s.skipped, "history": list(s.history)}}
+        if getattr(self.model, "training_state_dict", None) and self.model.training_state_dict():
+            extra["distill_state"] = self.model.training_state_dict()  # a Distiller's training-only modules
         try:
             path = save_checkpoint(
                 path, unwrap(self.model), self.cfg_dict,
@@ -498,6 +503,8 @@ class _Run:
     def restore(self, path: Path) -> None:
         ck = load_checkpoint(path)
         load_model_weights(unwrap(self.model), ck, strict=True, source=str(path))
+        if getattr(self.model, "load_training_state_dict", None):
+            self.model.load_training_state_dict(ck.get("distill_state") or {})
         if "optimizer" in ck:
             try:
                 self.optimizer.load_state_dict(ck["optimizer"])

@@ -21,14 +21,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import bbox2distance, bbox_diou, bbox_overlaps, box_centers, distance2bbox
-from ..losses import EPS, distribution_focal_loss, giou_loss, kd_kl_loss, quality_focal_loss
+from ..losses import (EPS, distribution_focal_loss, giou_loss, kd_kl_loss, kd_quality_focal_loss,
+                      quality_focal_loss)
 from .atss import ATSSAssigner, ATSSResult
 from .priors import grid_priors, valid_flags_batch
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..config import Config
 
-__all__ = ["GFLCriterion", "GFLTargets", "reduce_mean"]
+__all__ = ["GFLCriterion", "GFLTargets", "crosshead_terms", "reduce_mean"]
 
 
 def reduce_mean(x: Tensor) -> Tensor:
@@ -38,6 +39,63 @@ def reduce_mean(x: Tensor) -> Tensor:
     x = x.clone()
     dist.all_reduce(x.div_(dist.get_world_size()))
     return x
+
+
+def crosshead_terms(
+    cross_cls: Tensor,
+    cross_box: Tensor,
+    teacher_cls: Tensor,
+    teacher_box: Tensor,
+    centers: Tensor,
+    valid: Tensor,
+    cls_avg_factor: Union[float, Tensor],
+    ld_temperature: float = 1.0,
+    kd_beta: float = 1.0,
+    terms: Sequence[str] = ("ld", "kd", "box"),
+) -> dict[str, Tensor]:
+    """Unweighted cross-head distillation terms (CrossKD's GFL losses; :mod:`locdistill.distill`).
+
+    Dense over every anchor inside its image (``valid``), not only the positives. With
+    ``w_a = max_c σ(teacher_cls)`` on valid anchors (0 elsewhere) and ``W = Σ_a w_a`` (mean over
+    DDP ranks):
+
+    - ``"ld"``: ``Σ_a w_a Σ_sides T² · Σ_bins KL(softmax(t/T) ‖ softmax(x/T)) / 4 / W``;
+    - ``"kd"``: ``Σ_valid Σ_c kd_quality_focal_loss(x, t, kd_beta) / cls_avg_factor`` (GFL's ``N``);
+    - ``"box"``: ``Σ_a w_a (1 − GIoU(decode(x), decode(t))) / W``, boxes decoded from the anchor
+      centres in stride units.
+
+    Args:
+        cross_cls, teacher_cls: ``[B, A, C]`` cross-head and teacher class logits.
+        cross_box, teacher_box: ``[B, A, 4, n+1]`` cross-head and teacher box logits.
+        centers: ``[A, 2]`` anchor centres in stride units.
+        valid: ``[B, A]`` bool, anchors inside the image.
+        cls_avg_factor: the class term's divisor (GFL's ``N``).
+        terms: which of ``"ld"``, ``"kd"``, ``"box"`` to compute.
+
+    Returns:
+        ``{term: scalar}`` float32 for each requested term; the teacher is detached.
+    """
+    teacher_cls, teacher_box = teacher_cls.detach().float(), teacher_box.detach().float()
+    cross_cls, cross_box = cross_cls.float(), cross_box.float()
+    zero = torch.zeros((), device=cross_cls.device)
+    out = {}
+    if "kd" in terms:
+        kd = kd_quality_focal_loss(cross_cls, teacher_cls, kd_beta)  # [B, A]
+        out["kd"] = torch.where(valid, kd, zero).sum() / (cls_avg_factor + EPS)
+    if "ld" in terms or "box" in terms:
+        w = torch.where(valid, teacher_cls.sigmoid().amax(-1), zero)  # [B, A]
+        norm = reduce_mean(w.sum()) + EPS
+        if "ld" in terms:
+            ld = kd_kl_loss(cross_box, teacher_box, ld_temperature, class_reduction="sum").sum(-1)  # [B, A]
+            out["ld"] = (ld * w).sum() / (4 + EPS) / norm
+        if "box" in terms:
+            n1 = cross_box.shape[-1]
+            project = torch.linspace(0, n1 - 1, n1, device=cross_box.device)
+            cross_boxes = distance2bbox(centers, cross_box.softmax(-1) @ project)  # [B, A, 4] stride units
+            teacher_boxes = distance2bbox(centers, teacher_box.softmax(-1) @ project)
+            giou = giou_loss(cross_boxes, teacher_boxes, eps=1e-6)  # [B, A]
+            out["box"] = (giou * w).sum() / (1 + EPS) / norm
+    return out
 
 
 @dataclass
@@ -89,6 +147,10 @@ class GFLCriterion:
             (sum · 3 / images, equal to ``"sum"`` at 3 images per GPU; batch-size invariant).
         vlr_iou_mode: ``"diou"`` (true DIoU selects the VLR) or ``"iof"`` (the LD code's quirk:
             intersection over the anchor's area in place of IoU inside its DIoU).
+        loss_crosshead_ld_weight, loss_crosshead_kd_weight, loss_crosshead_box_weight: the cross-head
+            terms (:func:`crosshead_terms`; 0 = off); they need ``"cross_cls_logits"`` /
+            ``"cross_box_logits"`` in the teacher outputs (a Distiller with ``crosshead_layer``).
+        crosshead_ld_temperature, crosshead_kd_beta: their temperature (1) and KD exponent (1).
 
     The distillation terms are returned only when ``teacher_outputs`` is given, each only
     if its weight is non-zero.
@@ -113,6 +175,11 @@ class GFLCriterion:
         kd_temperature: float = 2.0,
         ld_reduction: str = "sum",
         vlr_iou_mode: str = "diou",
+        loss_crosshead_ld_weight: float = 0.0,
+        loss_crosshead_kd_weight: float = 0.0,
+        loss_crosshead_box_weight: float = 0.0,
+        crosshead_ld_temperature: float = 1.0,
+        crosshead_kd_beta: float = 1.0,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"GFLCriterion: num_classes must be >= 1, got {num_classes}")
@@ -138,6 +205,10 @@ class GFLCriterion:
         self.kd_temperature = kd_temperature
         self.ld_reduction = ld_reduction
         self.vlr_iou_mode = vlr_iou_mode
+        self.loss_crosshead_weights = {"ld": loss_crosshead_ld_weight, "kd": loss_crosshead_kd_weight,
+                                       "box": loss_crosshead_box_weight}
+        self.crosshead_ld_temperature = crosshead_ld_temperature
+        self.crosshead_kd_beta = crosshead_kd_beta
         self.assigner = ATSSAssigner(topk)
         self._prior_cache: dict = {}
 
@@ -168,6 +239,11 @@ class GFLCriterion:
                 loss_kd_weight=d.kd_weight,
                 kd_temperature=d.kd_temperature,
                 ld_reduction=d.reduction,
+                loss_crosshead_ld_weight=d.crosshead_ld_weight,
+                loss_crosshead_kd_weight=d.crosshead_kd_weight,
+                loss_crosshead_box_weight=d.crosshead_box_weight,
+                crosshead_ld_temperature=d.crosshead_ld_temperature,
+                crosshead_kd_beta=d.crosshead_kd_beta,
             )
         args.update(kwargs)
         return cls(**args)
@@ -333,7 +409,7 @@ class GFLCriterion:
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
 
     def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]]) -> dict[str, Tensor]:
-        """LD on the main region, LD on the VLR and class KD (DESIGN §5)."""
+        """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms."""
         t_cls, t_box, _ = self._flatten(teacher_outputs, "teacher")
         if t_box.shape != t.box_logits.shape:
             raise ValueError(
@@ -343,6 +419,7 @@ class GFLCriterion:
         B = t.box_logits.shape[0]
         scale = 3.0 / B if self.ld_reduction == "per_image" else 1.0
         losses = {}
+        cross = self.crosshead_losses(t, teacher_outputs, t_cls, t_box)
         ld = None
         if self.loss_ld_weight:
             ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
@@ -368,7 +445,26 @@ class GFLCriterion:
             num_levels = len(t.num_level_anchors)
             level_pos = torch.zeros(num_levels, device=pos.device).index_add_(0, t.level_ids, pos.sum(0))
             losses["loss_kd"] = self.loss_kd_weight * (kd * pos / (level_pos + EPS)[t.level_ids]).sum()
+        losses.update(cross)
         return losses
+
+    def crosshead_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]],
+                         t_cls: Tensor, t_box: Tensor) -> dict[str, Tensor]:
+        """``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box`` (those with a non-zero weight)."""
+        terms = [k for k, w in self.loss_crosshead_weights.items() if w]
+        if not terms:
+            return {}
+        if "cross_cls_logits" not in teacher_outputs or "cross_box_logits" not in teacher_outputs:
+            raise ValueError("cross-head losses are on but the teacher outputs hold no 'cross_cls_logits' / "
+                             "'cross_box_logits': build the Distiller with crosshead_layer")
+        x_cls, x_box, _ = self._flatten({"cls_logits": teacher_outputs["cross_cls_logits"],
+                                         "box_logits": teacher_outputs["cross_box_logits"]}, "cross-head")
+        if x_cls.shape != t_cls.shape or x_box.shape != t_box.shape:
+            raise ValueError(f"cross-head outputs {tuple(x_cls.shape)} / {tuple(x_box.shape)} do not match the "
+                             f"teacher's {tuple(t_cls.shape)} / {tuple(t_box.shape)}")
+        vals = crosshead_terms(x_cls, x_box, t_cls, t_box, t.centers, t.valid, t.avg_factor,
+                               self.crosshead_ld_temperature, self.crosshead_kd_beta, terms)
+        return {f"loss_cross_{k}": self.loss_crosshead_weights[k] * vals[k] for k in terms}
 
     def __call__(
         self,
@@ -383,7 +479,8 @@ class GFLCriterion:
             outputs: ``{"cls_logits": [B,C,H,W] per level, "box_logits": [B,4(n+1),H,W] per level}``.
             targets: per image ``{"boxes": [K,4] xyxy pixels, "labels": [K] int64 in 0..C-1}``.
             teacher_outputs: same layout from the teacher (box logits post-``Scale``); adds
-                ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``.
+                ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``, and with ``"cross_cls_logits"`` /
+                ``"cross_box_logits"`` (cross-head) ``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box``.
                 GFLv2 outputs (student or teacher) also hold ``"raw_cls_logits"``: their
                 ``cls_logits`` are then logits of the joint score ``σ(cls)·quality``, so QFL and
                 ``w_p`` run on that score (GFocalV2's QFL on probabilities) and class KD uses the

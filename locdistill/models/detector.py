@@ -48,10 +48,16 @@ class GFL(nn.Module):
         """``images [B,3,H,W]`` → pyramid maps ``[B, F, H/s, W/s]`` per level."""
         return list(self.neck(self.backbone(images)))
 
-    def forward(self, images: Tensor) -> dict[str, list[Tensor]]:
+    def forward(self, images: Tensor, tower_layer: Optional[int] = None) -> dict[str, list[Tensor]]:
         """``images [B,3,H,W]`` (normalised, padded) → ``{"cls_logits": [B,C,H/s,W/s] per level,
-        "box_logits": [B,4(reg_max+1),H/s,W/s] per level}``."""
-        return self.bbox_head(self.extract_feat(images))
+        "box_logits": [B,4(reg_max+1),H/s,W/s] per level}``.
+
+        ``tower_layer=k`` adds the head towers' features after conv ``k`` (``"cls_tower"``,
+        ``"reg_tower"``; cross-head distillation, :meth:`GFLHead.forward`)."""
+        feats = self.extract_feat(images)
+        if tower_layer is None:
+            return self.bbox_head(feats)
+        return self.bbox_head(feats, tower_layer=tower_layer)
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_metas: Sequence[Mapping],

@@ -10,7 +10,7 @@ distribution-guided quality predictor (``reg_conf``).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -127,20 +127,80 @@ class GFLHead(nn.Module):
             reg_feat = conv(reg_feat)
         return self.gfl_cls(cls_feat), scale(self.gfl_reg(reg_feat))
 
-    def forward(self, feats: Sequence[Tensor]) -> dict[str, list[Tensor]]:
+    @property
+    def stacked_convs(self) -> int:
+        return len(self.cls_convs)
+
+    def tower_index(self, layer: int) -> int:
+        """``layer`` (a tower conv index, negative counts from the end) → ``0 <= k < stacked_convs``."""
+        n = self.stacked_convs
+        if not -n <= layer < n:
+            raise ValueError(f"tower conv index {layer} is out of range for a head with {n} stacked convs")
+        return layer % n
+
+    @staticmethod
+    def _tower_tap(convs: nn.ModuleList, x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """Run a tower; also return conv ``k``'s output after its GroupNorm, before its ReLU."""
+        tap = x
+        for i, conv in enumerate(convs):
+            if i == k:
+                tap = conv.gn(conv.conv(x))
+                x = F.relu(tap)  # not in place: ``tap`` is returned
+            else:
+                x = conv(x)
+        return x, tap
+
+    def forward_single_tap(self, x: Tensor, scale: Scale, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """:meth:`forward_single` that also returns both towers' features after tower conv ``layer``.
+
+        The features are taken after that conv's GroupNorm and before its ReLU (cross-head
+        distillation standardises them, then :meth:`head_from` applies the ReLU).
+        Returns ``(cls_logits, box_logits, cls_tap [B,F,H,W], reg_tap [B,F,H,W])``.
+        """
+        k = self.tower_index(layer)
+        cls_feat, cls_tap = self._tower_tap(self.cls_convs, x, k)
+        reg_feat, reg_tap = self._tower_tap(self.reg_convs, x, k)
+        return self.gfl_cls(cls_feat), scale(self.gfl_reg(reg_feat)), cls_tap, reg_tap
+
+    def head_from(self, cls_tap: Tensor, reg_tap: Tensor, layer: int, scale: Scale) -> tuple[Tensor, Tensor]:
+        """Finish the head from tower features taken after conv ``layer`` (see :meth:`forward_single_tap`):
+        ReLU, tower convs ``layer+1 ..`` end, ``gfl_cls`` / ``gfl_reg`` and the level's ``scale``.
+
+        ``head_from(*forward_single_tap(x, scale, k)[2:], k, scale)`` equals ``forward_single(x, scale)``.
+        Returns (``[B,C,H,W]`` class logits, ``[B,4(n+1),H,W]`` box logits).
+        """
+        k = self.tower_index(layer)
+        cls_feat, reg_feat = F.relu(cls_tap), F.relu(reg_tap)
+        for conv in self.cls_convs[k + 1:]:
+            cls_feat = conv(cls_feat)
+        for conv in self.reg_convs[k + 1:]:
+            reg_feat = conv(reg_feat)
+        return self.gfl_cls(cls_feat), scale(self.gfl_reg(reg_feat))
+
+    def forward(self, feats: Sequence[Tensor], tower_layer: Optional[int] = None) -> dict[str, list[Tensor]]:
         """``feats``: one ``[B, in_channels, H_l, W_l]`` map per level, finest first.
 
         Returns ``{"cls_logits": [B,C,H_l,W_l] per level, "box_logits": [B,4(n+1),H_l,W_l]
-        per level}``; box logits are already multiplied by the level's ``Scale``.
+        per level}``; box logits are already multiplied by the level's ``Scale``. With
+        ``tower_layer=k`` also ``"cls_tower"`` / ``"reg_tower"``: ``[B,F,H_l,W_l]`` per level, the
+        towers' features after conv ``k`` (pre-ReLU, :meth:`forward_single_tap`).
         """
         if len(feats) != self.num_levels:
             raise ValueError(f"GFLHead built for {self.num_levels} levels got {len(feats)} feature maps")
-        cls_logits, box_logits = [], []
+        cls_logits, box_logits, cls_taps, reg_taps = [], [], [], []
         for x, scale in zip(feats, self.scales):
-            c, b = self.forward_single(x, scale)
+            if tower_layer is None:
+                c, b = self.forward_single(x, scale)
+            else:
+                c, b, ct, rt = self.forward_single_tap(x, scale, tower_layer)
+                cls_taps.append(ct)
+                reg_taps.append(rt)
             cls_logits.append(c)
             box_logits.append(b)
-        return {"cls_logits": cls_logits, "box_logits": box_logits}
+        out = {"cls_logits": cls_logits, "box_logits": box_logits}
+        if tower_layer is not None:
+            out.update(cls_tower=cls_taps, reg_tower=reg_taps)
+        return out
 
 
 def joint_score_logits(cls_logits: Tensor, quality_logits: Tensor) -> Tensor:
@@ -221,13 +281,20 @@ class GFLv2Head(GFLHead):
         stats = distribution_stats(box_logits, self.reg_max, self.reg_topk, self.add_mean)
         return self.reg_conf(stats.to(self.reg_conf[0].weight.dtype)).float()
 
-    def forward(self, feats: Sequence[Tensor]) -> dict[str, list[Tensor]]:
+    def head_from(self, cls_tap: Tensor, reg_tap: Tensor, layer: int, scale: Scale) -> tuple[Tensor, Tensor]:
+        """:meth:`GFLHead.head_from` with GFLv2's output: the class logits returned are the
+        **joint-score** logits (the DGQP reads the box logits computed here), as ``"cls_logits"``."""
+        raw, box = super().head_from(cls_tap, reg_tap, layer, scale)
+        return joint_score_logits(raw, self.quality_logits(box)), box
+
+    def forward(self, feats: Sequence[Tensor], tower_layer: Optional[int] = None) -> dict[str, list[Tensor]]:
         """``feats``: one ``[B, in_channels, H_l, W_l]`` map per level, finest first.
 
         Returns ``{"cls_logits": joint-score logits [B,C,H_l,W_l], "box_logits": [B,4(n+1),H_l,W_l],
-        "raw_cls_logits": [B,C,H_l,W_l]}`` per level.
+        "raw_cls_logits": [B,C,H_l,W_l]}`` per level (+ the tower features of ``tower_layer``, as
+        :meth:`GFLHead.forward`).
         """
-        out = super().forward(feats)
+        out = super().forward(feats, tower_layer)
         raw = out["cls_logits"]
         out["cls_logits"] = [joint_score_logits(c, self.quality_logits(b)) for c, b in zip(raw, out["box_logits"])]
         out["raw_cls_logits"] = raw

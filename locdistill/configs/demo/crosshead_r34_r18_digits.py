@@ -1,0 +1,20 @@
+# Cross-head LD (CrossKD, CVPR 2024) on the bundled digits data: demo/ld_r34_r18_digits with the main-region
+# LD replaced by CrossKD's three cross-head terms (LD 3.0 at T=1, quality-focal KD 1.0 with beta 1, GIoU 2.0).
+# The student's towers (64 channels, 2 convs) and the shipped teacher's (96 channels, 3 convs) differ, so a
+# trainable 1x1 adapter maps the student's features to the teacher's width (training only: checkpoints hold
+# the plain student). crosshead_layer=-2 counts from each tower's end: the student's features after its
+# first conv enter the teacher's head before its last conv. Main LD can be added back with
+# --set distill.ld_weight=0.25 (the terms add up). No AP is measured for this config yet.
+from locdistill.config import load_config
+
+config = load_config("demo/ld_r34_r18_digits")
+d = config.distill
+d.ld_weight = 0.0
+d.vlr_weight = 0.0
+d.kd_weight = 0.0
+d.crosshead_layer = -2
+d.crosshead_ld_weight = 3.0
+d.crosshead_ld_temperature = 1.0
+d.crosshead_kd_weight = 1.0
+d.crosshead_kd_beta = 1.0
+d.crosshead_box_weight = 2.0
