@@ -226,7 +226,7 @@ class Distiller(nn.Module):
         head = self.teacher.bbox_head
         cross_cls, cross_box = [], []
         for cs, rs, ct, rt, scale in zip(cls_s, reg_s, cls_t, reg_t, head.scales):
-            dtype = ct.dtype  # the teacher's compute dtype (bf16 under autocast)
+            dtype = ct.dtype  # the teacher's feature dtype (a bf16 / fp16 teacher: its own)
             c, b = head.head_from(match_channel_stats(cs, ct).to(dtype), match_channel_stats(rs, rt).to(dtype),
                                   t_layer, scale)
             cross_cls.append(c)
