@@ -5,6 +5,11 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   ld        + main-region LD from the shipped R-34 teacher
   full      + main LD + VLR-LD (0.25) + class KD (T=2) with the paper's weight 10 scaled by
             C/80 to 1.25: our KD is a mean over classes, so 10 was set for COCO's 80 classes
+  ld_gate      main LD only at positives where the teacher's box beats the student's
+               (distill.ld_gate="teacher_better")
+  crosshead    cross-head LD (CrossKD's terms on the student's features run through the
+               teacher's head; demo/crosshead_r34_r18_digits), no main LD
+  crosshead_ld cross-head terms + main LD 0.25
 Diagnostics (ask for them with --variants):
   ld_vlr    main LD + VLR-LD, no class KD
   full_w10  the full recipe with the unscaled KD weight 10 (8x stronger on 10 classes)
@@ -38,6 +43,10 @@ VARIANTS = {
     "baseline": ("demo/gfl_r18_digits", []),
     "ld": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0"]),
     "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=1.25"]),
+    "ld_gate": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                           "distill.ld_gate=teacher_better"]),
+    "crosshead": ("demo/crosshead_r34_r18_digits", []),
+    "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25"]),
     # diagnostics (not part of the default set)
     "ld_vlr": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=0.0"]),
     "full_w10": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=10.0"]),

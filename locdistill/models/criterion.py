@@ -98,6 +98,31 @@ def crosshead_terms(
     return out
 
 
+def teacher_better_mask(teacher_box: Tensor, student_boxes: Tensor, target_boxes: Tensor, centers: Tensor) -> Tensor:
+    """1 where the teacher's decoded box overlaps the assigned GT box more than the student's, else 0.
+
+    The gate of ``ld_gate="teacher_better"``: main LD then acts only at the positives where the
+    teacher knows the box better than the student does at this step (a teacher that is no better
+    than the student, e.g. one trained on the same images, teaches nothing there but still pulls
+    on the shared features).
+
+    Args:
+        teacher_box: ``[B, A, 4, n+1]`` teacher box logits.
+        student_boxes, target_boxes: ``[B, A, 4]`` decoded student boxes and assigned GT boxes
+            (stride units, as in :class:`GFLTargets`).
+        centers: ``[A, 2]`` anchor centres in stride units.
+    Returns:
+        ``[B, A]`` float32 in {0, 1} (no gradient).
+    """
+    n1 = teacher_box.shape[-1]
+    project = torch.linspace(0, n1 - 1, n1, device=teacher_box.device)
+    with torch.no_grad():
+        teacher_boxes = distance2bbox(centers, teacher_box.float().softmax(-1) @ project)  # [B, A, 4]
+        iou_t = bbox_overlaps(teacher_boxes, target_boxes, is_aligned=True)
+        iou_s = bbox_overlaps(student_boxes.detach(), target_boxes, is_aligned=True)
+    return (iou_t > iou_s).float()
+
+
 @dataclass
 class GFLTargets:
     """Assignment and per-anchor targets of one batch (output of :meth:`GFLCriterion.get_targets`)."""
@@ -175,6 +200,7 @@ class GFLCriterion:
         kd_temperature: float = 2.0,
         ld_reduction: str = "sum",
         vlr_iou_mode: str = "diou",
+        ld_gate: str = "none",
         loss_crosshead_ld_weight: float = 0.0,
         loss_crosshead_kd_weight: float = 0.0,
         loss_crosshead_box_weight: float = 0.0,
@@ -187,6 +213,8 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
         if ld_reduction not in ("sum", "per_image"):
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
+        if ld_gate not in ("none", "teacher_better"):
+            raise ValueError(f"GFLCriterion: ld_gate must be 'none' or 'teacher_better', got {ld_gate!r}")
         if vlr_iou_mode not in ("diou", "iof"):
             raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
         self.num_classes = int(num_classes)
@@ -205,6 +233,7 @@ class GFLCriterion:
         self.kd_temperature = kd_temperature
         self.ld_reduction = ld_reduction
         self.vlr_iou_mode = vlr_iou_mode
+        self.ld_gate = ld_gate
         self.loss_crosshead_weights = {"ld": loss_crosshead_ld_weight, "kd": loss_crosshead_kd_weight,
                                        "box": loss_crosshead_box_weight}
         self.crosshead_ld_temperature = crosshead_ld_temperature
@@ -239,6 +268,7 @@ class GFLCriterion:
                 loss_kd_weight=d.kd_weight,
                 kd_temperature=d.kd_temperature,
                 ld_reduction=d.reduction,
+                ld_gate=d.ld_gate,
                 loss_crosshead_ld_weight=d.crosshead_ld_weight,
                 loss_crosshead_kd_weight=d.crosshead_kd_weight,
                 loss_crosshead_box_weight=d.crosshead_box_weight,
@@ -423,7 +453,10 @@ class GFLCriterion:
         ld = None
         if self.loss_ld_weight:
             ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
-            losses["loss_ld"] = self.loss_ld_weight * scale * (ld * t.weight_targets).sum() / (4 + EPS)
+            w = t.weight_targets
+            if self.ld_gate == "teacher_better":
+                w = w * teacher_better_mask(t_box, t.pred_boxes, t.target_boxes, t.centers)
+            losses["loss_ld"] = self.loss_ld_weight * scale * (ld * w).sum() / (4 + EPS)
         if self.loss_ld_vlr_weight:
             if ld is None or self.vlr_temperature != self.ld_temperature:
                 ld = kd_kl_loss(t.box_logits, t_box, self.vlr_temperature).sum(-1)

@@ -1,0 +1,62 @@
+"""ld_gate="teacher_better": main LD only where the teacher's box fits the GT better than the student's."""
+import pytest
+import torch
+
+from locdistill.config import load_config
+from locdistill.models.criterion import GFLCriterion, teacher_better_mask
+
+
+def _peaked(distances, n1=17, height=50.0):
+    """Box logits [4, n+1] whose softmax is (almost) one-hot at each side's distance bin."""
+    logits = torch.zeros(4, n1)
+    for side, d in enumerate(distances):
+        logits[side, d] = height
+    return logits
+
+
+def test_mask_compares_teacher_and_student_iou_with_the_target():
+    centers = torch.tensor([[5.0, 5.0], [5.0, 5.0]])  # two anchors at the same place
+    target = torch.tensor([[[3.0, 3.0, 7.0, 7.0], [3.0, 3.0, 7.0, 7.0]]])
+    student = torch.tensor([[[3.0, 3.0, 8.0, 8.0], [3.0, 3.0, 8.0, 8.0]]])  # IoU 16/25 = 0.64
+    teacher = torch.stack([_peaked([2, 2, 2, 2]), _peaked([3, 3, 3, 3])])[None]  # IoU 1.0, then 16/36
+    mask = teacher_better_mask(teacher, student, target, centers)
+    assert mask.tolist() == [[1.0, 0.0]]
+
+
+def _criterion(gate):
+    cfg = load_config("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                                 f"distill.ld_gate={gate}"])
+    return GFLCriterion.from_config(cfg, strides=(8,))
+
+
+def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_better():
+    torch.manual_seed(0)
+    b, h, w, n1, c = 1, 8, 8, 17, 10
+    student = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w)]}
+    targets = [{"boxes": torch.tensor([[12.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([3])}]
+    plain, gated = _criterion("none"), _criterion("teacher_better")
+    t = plain.get_targets(student, targets)
+    assert t.pos_mask.any()
+    # a teacher whose distributions sit exactly on the GT distances: better than the student everywhere
+    from locdistill.boxes import bbox2distance
+
+    exact = bbox2distance(t.centers, t.target_boxes, max_dis=16).round().long()  # [B, A, 4]
+    good = torch.nn.functional.one_hot(exact, n1).float() * 50.0  # [B, A, 4, n+1]
+    good_out = {"cls_logits": student["cls_logits"],
+                "box_logits": [good.reshape(b, h, w, 4 * n1).permute(0, 3, 1, 2)]}
+    ld_plain = plain(student, targets, teacher_outputs=good_out)["loss_ld"]
+    ld_gated = gated(student, targets, teacher_outputs=good_out)["loss_ld"]
+    pos_better = teacher_better_mask(good, t.pred_boxes, t.target_boxes, t.centers)[t.pos_mask]
+    assert pos_better.all()
+    assert ld_gated == pytest.approx(float(ld_plain), rel=1e-6) and float(ld_plain) > 0
+    # a teacher predicting zero-size boxes (IoU 0): never better, no LD at all
+    bad = torch.full((b, 4 * n1, h, w), -50.0)
+    bad[:, ::n1] = 50.0  # every side at bin 0
+    bad_out = {"cls_logits": student["cls_logits"], "box_logits": [bad]}
+    assert float(gated(student, targets, teacher_outputs=bad_out)["loss_ld"]) == 0.0
+    assert float(plain(student, targets, teacher_outputs=bad_out)["loss_ld"]) > 0
+
+
+def test_unknown_gate_is_refused():
+    with pytest.raises(ValueError, match="ld_gate"):
+        GFLCriterion(num_classes=2, ld_gate="sometimes")
