@@ -144,6 +144,16 @@ def cmd_benchmark(args) -> int:
     return 0
 
 
+def cmd_check_teacher(args) -> int:
+    from .tools.check_teacher import check_teacher, format_report
+
+    check = check_teacher(args.student_config, args.student_checkpoint, args.teacher_config,
+                          args.teacher_checkpoint, split=args.split, images=args.images,
+                          overrides=args.overrides, teacher_overrides=args.teacher_overrides)
+    print("\n".join(format_report(check)))
+    return 0
+
+
 def cmd_predict(args) -> int:
     from .tools.predict import predict_images
 
@@ -248,6 +258,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--log-interval", type=int, default=50, help="print the running FPS every N images")
     _add_set(s)
     s.set_defaults(func=cmd_benchmark)
+
+    s = sub.add_parser("check-teacher",
+                       help="can a teacher help a student? LD headroom, box comparison and a verdict",
+                       description="Before training with LD: evaluate the student (trained without LD) with the "
+                                   "teacher's box logits swapped in at its ATSS positives (main LD), at the VLR, "
+                                   "both and everywhere, with the teacher's class logits, and the teacher alone "
+                                   "(AP and the change against the student); compare the teacher's and the "
+                                   "student's boxes at the positives (mean IoU with the annotated box, share "
+                                   "where the teacher's is better); and say in words whether LD is likely to "
+                                   "help. The thresholds are rules of thumb (docs/distillation.md).")
+    s.add_argument("student_config", metavar="STUDENT_CONFIG")
+    s.add_argument("student_checkpoint", metavar="STUDENT_CKPT", help="the student trained without LD")
+    s.add_argument("teacher_config", metavar="TEACHER_CONFIG")
+    s.add_argument("teacher_checkpoint", metavar="TEACHER_CKPT")
+    s.add_argument("--split", choices=["val", "train"], default="val",
+                   help="the student's val images (default) or its training images, without augmentation")
+    s.add_argument("--images", type=int, default=None, metavar="N", help="only the first N images (default all)")
+    _add_set(s)
+    s.add_argument("--teacher-set", nargs="+", default=[], metavar="KEY=VALUE", dest="teacher_overrides",
+                   help="override fields of the teacher's config (only its model section is used)")
+    s.set_defaults(func=cmd_check_teacher)
 
     s = sub.add_parser("predict", help="draw detections on images: locdistill predict CONFIG CKPT IMAGES... --out-dir D")
     s.add_argument("config")
