@@ -7,6 +7,8 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
             C/80 to 1.25: our KD is a mean over classes, so 10 was set for COCO's 80 classes
   ld_gate      main LD only at positives where the teacher's box beats the student's
                (distill.ld_gate="teacher_better")
+  ld_margin    main LD weighted by min(1, max(0, IoU_t − IoU_s) / 0.1) per positive
+               (distill.ld_gate="teacher_margin")
   crosshead    cross-head LD (CrossKD's terms on the student's features run through the
                teacher's head; demo/crosshead_r34_r18_digits), no main LD
   crosshead_ld cross-head terms + main LD 0.25
@@ -45,6 +47,8 @@ VARIANTS = {
     "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=1.25"]),
     "ld_gate": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
                                            "distill.ld_gate=teacher_better"]),
+    "ld_margin": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                             "distill.ld_gate=teacher_margin"]),
     "crosshead": ("demo/crosshead_r34_r18_digits", []),
     "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25"]),
     # diagnostics (not part of the default set)

@@ -160,7 +160,11 @@ class DistillConfig:
     kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
-    ld_gate: str = "none"  # "none" or "teacher_better": main LD only at positives where the teacher's box fits the GT better
+    # main LD per positive by the teacher's advantage over the student in IoU with the GT box:
+    # "none" (the paper), "teacher_better" (1 where the teacher's box fits better, else 0) or
+    # "teacher_margin" (min(1, max(0, IoU_t - IoU_s) / ld_gate_margin))
+    ld_gate: str = "none"
+    ld_gate_margin: float = 0.1
     # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features
     # after tower conv `crosshead_layer` go through the frozen teacher's rest of the head; the three terms
     # compare those cross-head predictions with the teacher's own. On when any of the three weights is > 0.

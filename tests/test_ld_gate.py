@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from locdistill.config import load_config
-from locdistill.models.criterion import GFLCriterion, teacher_better_mask
+from locdistill.models.criterion import GFLCriterion, teacher_advantage
 
 
 def _peaked(distances, n1=17, height=50.0):
@@ -14,13 +14,13 @@ def _peaked(distances, n1=17, height=50.0):
     return logits
 
 
-def test_mask_compares_teacher_and_student_iou_with_the_target():
+def test_advantage_is_the_teacher_minus_student_iou_with_the_target():
     centers = torch.tensor([[5.0, 5.0], [5.0, 5.0]])  # two anchors at the same place
     target = torch.tensor([[[3.0, 3.0, 7.0, 7.0], [3.0, 3.0, 7.0, 7.0]]])
     student = torch.tensor([[[3.0, 3.0, 8.0, 8.0], [3.0, 3.0, 8.0, 8.0]]])  # IoU 16/25 = 0.64
     teacher = torch.stack([_peaked([2, 2, 2, 2]), _peaked([3, 3, 3, 3])])[None]  # IoU 1.0, then 16/36
-    mask = teacher_better_mask(teacher, student, target, centers)
-    assert mask.tolist() == [[1.0, 0.0]]
+    adv = teacher_advantage(teacher, student, target, centers)
+    assert adv[0].tolist() == pytest.approx([1.0 - 0.64, 16 / 36 - 0.64], abs=1e-5)
 
 
 def _criterion(gate):
@@ -46,8 +46,8 @@ def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_bet
                 "box_logits": [good.reshape(b, h, w, 4 * n1).permute(0, 3, 1, 2)]}
     ld_plain = plain(student, targets, teacher_outputs=good_out)["loss_ld"]
     ld_gated = gated(student, targets, teacher_outputs=good_out)["loss_ld"]
-    pos_better = teacher_better_mask(good, t.pred_boxes, t.target_boxes, t.centers)[t.pos_mask]
-    assert pos_better.all()
+    adv = teacher_advantage(good, t.pred_boxes, t.target_boxes, t.centers)[t.pos_mask]
+    assert (adv > 0).all()
     assert ld_gated == pytest.approx(float(ld_plain), rel=1e-6) and float(ld_plain) > 0
     # a teacher predicting zero-size boxes (IoU 0): never better, no LD at all
     bad = torch.full((b, 4 * n1, h, w), -50.0)
@@ -55,6 +55,29 @@ def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_bet
     bad_out = {"cls_logits": student["cls_logits"], "box_logits": [bad]}
     assert float(gated(student, targets, teacher_outputs=bad_out)["loss_ld"]) == 0.0
     assert float(plain(student, targets, teacher_outputs=bad_out)["loss_ld"]) > 0
+
+
+def test_margin_gate_scales_ld_by_the_advantage():
+    torch.manual_seed(1)
+    b, h, w, n1, c = 1, 8, 8, 17, 10
+    student = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w)]}
+    teacher = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w) * 3]}
+    targets = [{"boxes": torch.tensor([[12.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([3])}]
+    plain = _criterion("none")
+    t = plain.get_targets(student, targets)
+    t_box = plain._flatten(teacher, "teacher")[1]
+    adv = teacher_advantage(t_box, t.pred_boxes, t.target_boxes, t.centers)
+    from locdistill.losses import kd_kl_loss
+
+    ld = kd_kl_loss(t.box_logits, t_box, 10.0).sum(-1)  # [B, A]
+    for margin in (0.05, 0.5):
+        cfg = load_config("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                                     "distill.ld_gate=teacher_margin",
+                                                     f"distill.ld_gate_margin={margin}"])
+        gated = GFLCriterion.from_config(cfg, strides=(8,))
+        expected = 0.25 * 3.0 / b * (ld * t.weight_targets * (adv / margin).clamp(0, 1)).sum() / 4
+        got = gated(student, targets, teacher_outputs=teacher)["loss_ld"]
+        assert float(got) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_unknown_gate_is_refused():

@@ -98,13 +98,14 @@ def crosshead_terms(
     return out
 
 
-def teacher_better_mask(teacher_box: Tensor, student_boxes: Tensor, target_boxes: Tensor, centers: Tensor) -> Tensor:
-    """1 where the teacher's decoded box overlaps the assigned GT box more than the student's, else 0.
+def teacher_advantage(teacher_box: Tensor, student_boxes: Tensor, target_boxes: Tensor, centers: Tensor) -> Tensor:
+    """``IoU(teacher's decoded box, GT) − IoU(student's box, GT)`` per anchor, in [-1, 1].
 
-    The gate of ``ld_gate="teacher_better"``: main LD then acts only at the positives where the
-    teacher knows the box better than the student does at this step (a teacher that is no better
-    than the student, e.g. one trained on the same images, teaches nothing there but still pulls
-    on the shared features).
+    What ``ld_gate`` weighs main LD by: ``"teacher_better"`` keeps LD where it is > 0,
+    ``"teacher_margin"`` scales LD by ``clamp(advantage / margin, 0, 1)``. LD then acts where the
+    teacher knows the box better than the student does at this step; a teacher that is no
+    better than the student (e.g. one trained on the same images) teaches nothing there but
+    would still pull on the shared features.
 
     Args:
         teacher_box: ``[B, A, 4, n+1]`` teacher box logits.
@@ -112,15 +113,15 @@ def teacher_better_mask(teacher_box: Tensor, student_boxes: Tensor, target_boxes
             (stride units, as in :class:`GFLTargets`).
         centers: ``[A, 2]`` anchor centres in stride units.
     Returns:
-        ``[B, A]`` float32 in {0, 1} (no gradient).
+        ``[B, A]`` float32 (no gradient).
     """
     n1 = teacher_box.shape[-1]
     project = torch.linspace(0, n1 - 1, n1, device=teacher_box.device)
     with torch.no_grad():
         teacher_boxes = distance2bbox(centers, teacher_box.float().softmax(-1) @ project)  # [B, A, 4]
         iou_t = bbox_overlaps(teacher_boxes, target_boxes, is_aligned=True)
-        iou_s = bbox_overlaps(student_boxes.detach(), target_boxes, is_aligned=True)
-    return (iou_t > iou_s).float()
+        iou_s = bbox_overlaps(student_boxes.detach().float(), target_boxes, is_aligned=True)
+    return iou_t - iou_s
 
 
 @dataclass
@@ -201,6 +202,7 @@ class GFLCriterion:
         ld_reduction: str = "sum",
         vlr_iou_mode: str = "diou",
         ld_gate: str = "none",
+        ld_gate_margin: float = 0.1,
         loss_crosshead_ld_weight: float = 0.0,
         loss_crosshead_kd_weight: float = 0.0,
         loss_crosshead_box_weight: float = 0.0,
@@ -213,8 +215,11 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
         if ld_reduction not in ("sum", "per_image"):
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
-        if ld_gate not in ("none", "teacher_better"):
-            raise ValueError(f"GFLCriterion: ld_gate must be 'none' or 'teacher_better', got {ld_gate!r}")
+        if ld_gate not in ("none", "teacher_better", "teacher_margin"):
+            raise ValueError(f"GFLCriterion: ld_gate must be 'none', 'teacher_better' or 'teacher_margin', "
+                             f"got {ld_gate!r}")
+        if ld_gate == "teacher_margin" and not ld_gate_margin > 0:
+            raise ValueError(f"GFLCriterion: ld_gate_margin must be > 0, got {ld_gate_margin}")
         if vlr_iou_mode not in ("diou", "iof"):
             raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
         self.num_classes = int(num_classes)
@@ -234,6 +239,7 @@ class GFLCriterion:
         self.ld_reduction = ld_reduction
         self.vlr_iou_mode = vlr_iou_mode
         self.ld_gate = ld_gate
+        self.ld_gate_margin = ld_gate_margin
         self.loss_crosshead_weights = {"ld": loss_crosshead_ld_weight, "kd": loss_crosshead_kd_weight,
                                        "box": loss_crosshead_box_weight}
         self.crosshead_ld_temperature = crosshead_ld_temperature
@@ -269,6 +275,7 @@ class GFLCriterion:
                 kd_temperature=d.kd_temperature,
                 ld_reduction=d.reduction,
                 ld_gate=d.ld_gate,
+                ld_gate_margin=d.ld_gate_margin,
                 loss_crosshead_ld_weight=d.crosshead_ld_weight,
                 loss_crosshead_kd_weight=d.crosshead_kd_weight,
                 loss_crosshead_box_weight=d.crosshead_box_weight,
@@ -454,8 +461,10 @@ class GFLCriterion:
         if self.loss_ld_weight:
             ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
             w = t.weight_targets
-            if self.ld_gate == "teacher_better":
-                w = w * teacher_better_mask(t_box, t.pred_boxes, t.target_boxes, t.centers)
+            if self.ld_gate != "none":
+                advantage = teacher_advantage(t_box, t.pred_boxes, t.target_boxes, t.centers)
+                w = w * ((advantage > 0).float() if self.ld_gate == "teacher_better"
+                         else (advantage / self.ld_gate_margin).clamp(0, 1))
             losses["loss_ld"] = self.loss_ld_weight * scale * (ld * w).sum() / (4 + EPS)
         if self.loss_ld_vlr_weight:
             if ld is None or self.vlr_temperature != self.ld_temperature:
