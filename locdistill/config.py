@@ -160,9 +160,10 @@ class DistillConfig:
     kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
-    # main LD per positive by the teacher's advantage over the student in IoU with the GT box:
-    # "none" (the paper), "teacher_better" (1 where the teacher's box fits better, else 0) or
-    # "teacher_margin" (min(1, max(0, IoU_t - IoU_s) / ld_gate_margin))
+    # main LD weighted by the teacher's advantage a = IoU(teacher box, GT) - IoU(student box, GT):
+    # "none" (the paper); "batch" (every positive by min(1, max(0, mean_p a) / ld_gate_margin), the
+    # mean over the batch's positives: LD fades out as the student catches up with the teacher);
+    # "positive" (each positive by min(1, max(0, a_p) / ld_gate_margin); measured worse, docs/benchmarks.md)
     ld_gate: str = "none"
     ld_gate_margin: float = 0.1
     # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features

@@ -1,4 +1,4 @@
-"""ld_gate="teacher_better": main LD only where the teacher's box fits the GT better than the student's."""
+"""ld_gate: main LD weighted by the teacher's advantage in IoU with the GT (per batch or per positive)."""
 import pytest
 import torch
 
@@ -29,12 +29,13 @@ def _criterion(gate):
     return GFLCriterion.from_config(cfg, strides=(8,))
 
 
-def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_better():
+@pytest.mark.parametrize("gate", ["batch", "positive"])
+def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_far_better(gate):
     torch.manual_seed(0)
     b, h, w, n1, c = 1, 8, 8, 17, 10
     student = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w)]}
     targets = [{"boxes": torch.tensor([[12.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([3])}]
-    plain, gated = _criterion("none"), _criterion("teacher_better")
+    plain, gated = _criterion("none"), _criterion(gate)
     t = plain.get_targets(student, targets)
     assert t.pos_mask.any()
     # a teacher whose distributions sit exactly on the GT distances: better than the student everywhere
@@ -47,7 +48,7 @@ def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_bet
     ld_plain = plain(student, targets, teacher_outputs=good_out)["loss_ld"]
     ld_gated = gated(student, targets, teacher_outputs=good_out)["loss_ld"]
     adv = teacher_advantage(good, t.pred_boxes, t.target_boxes, t.centers)[t.pos_mask]
-    assert (adv > 0).all()
+    assert (adv >= 0.1).all()  # at least the margin everywhere: factor 1
     assert ld_gated == pytest.approx(float(ld_plain), rel=1e-6) and float(ld_plain) > 0
     # a teacher predicting zero-size boxes (IoU 0): never better, no LD at all
     bad = torch.full((b, 4 * n1, h, w), -50.0)
@@ -57,7 +58,7 @@ def test_gated_ld_is_zero_when_the_teacher_is_worse_and_unchanged_when_it_is_bet
     assert float(plain(student, targets, teacher_outputs=bad_out)["loss_ld"]) > 0
 
 
-def test_margin_gate_scales_ld_by_the_advantage():
+def test_positive_gate_scales_each_positive_by_its_advantage():
     torch.manual_seed(1)
     b, h, w, n1, c = 1, 8, 8, 17, 10
     student = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w)]}
@@ -72,12 +73,39 @@ def test_margin_gate_scales_ld_by_the_advantage():
     ld = kd_kl_loss(t.box_logits, t_box, 10.0).sum(-1)  # [B, A]
     for margin in (0.05, 0.5):
         cfg = load_config("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
-                                                     "distill.ld_gate=teacher_margin",
+                                                     "distill.ld_gate=positive",
                                                      f"distill.ld_gate_margin={margin}"])
         gated = GFLCriterion.from_config(cfg, strides=(8,))
         expected = 0.25 * 3.0 / b * (ld * t.weight_targets * (adv / margin).clamp(0, 1)).sum() / 4
         got = gated(student, targets, teacher_outputs=teacher)["loss_ld"]
         assert float(got) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_batch_gate_scales_all_positives_by_the_mean_advantage():
+    torch.manual_seed(2)
+    b, h, w, n1, c = 2, 8, 8, 17, 10
+    student = {"cls_logits": [torch.randn(b, c, h, w)], "box_logits": [torch.randn(b, 4 * n1, h, w)]}
+    targets = [{"boxes": torch.tensor([[12.0, 12.0, 40.0, 44.0]]), "labels": torch.tensor([3])},
+               {"boxes": torch.tensor([[2.0, 30.0, 20.0, 60.0]]), "labels": torch.tensor([1])}]
+    plain = _criterion("none")
+    t = plain.get_targets(student, targets)
+    from locdistill.boxes import bbox2distance
+
+    # a teacher leaning towards the GT distances, with noise: better than the random student on average
+    exact = bbox2distance(t.centers, t.target_boxes, max_dis=16).round().long()
+    t_box = torch.nn.functional.one_hot(exact, n1).float() * 6.0 + torch.randn(b, h * w, 4, n1)
+    teacher = {"cls_logits": [torch.randn(b, c, h, w)],
+               "box_logits": [t_box.reshape(b, h, w, 4 * n1).permute(0, 3, 1, 2)]}
+    adv = teacher_advantage(t_box, t.pred_boxes, t.target_boxes, t.centers)
+    mean = float(adv[t.pos_mask].mean())
+    assert 0.05 < mean < 0.95  # both margins below give a factor strictly inside (0, 1] that differs
+    for margin in (0.01, 2.0):
+        cfg = load_config("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                                     "distill.ld_gate=batch", f"distill.ld_gate_margin={margin}"])
+        gated = GFLCriterion.from_config(cfg, strides=(8,))
+        ratio = float(gated(student, targets, teacher_outputs=teacher)["loss_ld"]) / float(
+            plain(student, targets, teacher_outputs=teacher)["loss_ld"])
+        assert ratio == pytest.approx(min(1.0, max(0.0, mean) / margin), rel=1e-5)
 
 
 def test_unknown_gate_is_refused():

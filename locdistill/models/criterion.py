@@ -101,11 +101,10 @@ def crosshead_terms(
 def teacher_advantage(teacher_box: Tensor, student_boxes: Tensor, target_boxes: Tensor, centers: Tensor) -> Tensor:
     """``IoU(teacher's decoded box, GT) − IoU(student's box, GT)`` per anchor, in [-1, 1].
 
-    What ``ld_gate`` weighs main LD by: ``"teacher_better"`` keeps LD where it is > 0,
-    ``"teacher_margin"`` scales LD by ``clamp(advantage / margin, 0, 1)``. LD then acts where the
-    teacher knows the box better than the student does at this step; a teacher that is no
-    better than the student (e.g. one trained on the same images) teaches nothing there but
-    would still pull on the shared features.
+    What ``ld_gate`` weighs main LD by (:meth:`GFLCriterion.ld_gate_weights`): LD then acts in
+    proportion to how much better than the student the teacher knows the boxes at this step; a
+    teacher that is no better (e.g. one trained on the same images) teaches nothing but would
+    still pull on the shared features.
 
     Args:
         teacher_box: ``[B, A, 4, n+1]`` teacher box logits.
@@ -215,10 +214,9 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
         if ld_reduction not in ("sum", "per_image"):
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
-        if ld_gate not in ("none", "teacher_better", "teacher_margin"):
-            raise ValueError(f"GFLCriterion: ld_gate must be 'none', 'teacher_better' or 'teacher_margin', "
-                             f"got {ld_gate!r}")
-        if ld_gate == "teacher_margin" and not ld_gate_margin > 0:
+        if ld_gate not in ("none", "batch", "positive"):
+            raise ValueError(f"GFLCriterion: ld_gate must be 'none', 'batch' or 'positive', got {ld_gate!r}")
+        if ld_gate != "none" and not ld_gate_margin > 0:
             raise ValueError(f"GFLCriterion: ld_gate_margin must be > 0, got {ld_gate_margin}")
         if vlr_iou_mode not in ("diou", "iof"):
             raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
@@ -445,6 +443,20 @@ class GFLCriterion:
         region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
 
+    def ld_gate_weights(self, t: GFLTargets, teacher_box: Tensor) -> Tensor:
+        """Factor on main LD's per-positive weights (``ld_gate``): ``[B, A]`` or a scalar tensor.
+
+        ``"batch"``: ``clamp(mean over the positives (of every rank) of the teacher's advantage /
+        margin, 0, 1)`` for the whole batch; ``"positive"``: ``clamp(advantage_p / margin, 0, 1)``
+        per positive (:func:`teacher_advantage`).
+        """
+        advantage = teacher_advantage(teacher_box, t.pred_boxes, t.target_boxes, t.centers)  # [B, A]
+        if self.ld_gate == "positive":
+            return (advantage / self.ld_gate_margin).clamp(0, 1)
+        pos = t.pos_mask.float()
+        mean = reduce_mean((advantage * pos).sum()) / reduce_mean(pos.sum()).clamp(min=1)
+        return (mean / self.ld_gate_margin).clamp(0, 1)
+
     def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]]) -> dict[str, Tensor]:
         """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms."""
         t_cls, t_box, _ = self._flatten(teacher_outputs, "teacher")
@@ -462,9 +474,7 @@ class GFLCriterion:
             ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
             w = t.weight_targets
             if self.ld_gate != "none":
-                advantage = teacher_advantage(t_box, t.pred_boxes, t.target_boxes, t.centers)
-                w = w * ((advantage > 0).float() if self.ld_gate == "teacher_better"
-                         else (advantage / self.ld_gate_margin).clamp(0, 1))
+                w = w * self.ld_gate_weights(t, t_box)
             losses["loss_ld"] = self.loss_ld_weight * scale * (ld * w).sum() / (4 + EPS)
         if self.loss_ld_vlr_weight:
             if ld is None or self.vlr_temperature != self.ld_temperature:
