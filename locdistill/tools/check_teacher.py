@@ -398,8 +398,7 @@ def verdict(check: TeacherCheck) -> str:
     elif share < NO_GAIN_SHARE:
         text = (f"headroom {d:+.1f} AP but the teacher is better at only {share:.0f} % of positives: LD would pull "
                 "the student towards worse boxes about as often as towards better ones; expect little or no gain, "
-                "possibly a loss (distill.ld_gate='teacher_better' limits main LD to the positives where the "
-                "teacher is better).")
+                "possibly a loss.")
     else:
         text = (f"{numbers}: borderline; LD may give a little. Compare a short run with and without LD "
                 "before a long one.")
