@@ -44,7 +44,9 @@ def load(config_name: str, checkpoint: str, num_classes: int) -> torch.nn.Module
 
 
 def split_dataset(cfg, split: str):
-    """The ``split`` images through the val pipeline (no augmentation), as ld_headroom.py does."""
+    """The ``split`` images through the val pipeline (no augmentation). Digits training images come
+    with their **exact** boxes (the dataset without ``digits_box_noise``): the truth that neither
+    model was trained on, so teacher and student are compared where LD acts, against what is right."""
     if split == "train":
         if cfg.data.dataset != "digits":
             cfg.data.val_json, cfg.data.val_images = cfg.data.train_json, cfg.data.train_images
