@@ -8,6 +8,8 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   ld_batch     main LD × min(1, max(0, mean over the batch's positives of IoU_t − IoU_s) / 0.1)
                (distill.ld_gate="batch": LD fades as the student catches up with the teacher)
   ld_positive  main LD × min(1, max(0, IoU_t − IoU_s) / 0.1) per positive (distill.ld_gate="positive")
+  ld_detach    main LD into the box branch only (distill.ld_detach_shared=True: no LD gradient
+               reaches the backbone and FPN that classification shares)
   crosshead    cross-head LD (CrossKD's terms on the student's features run through the
                teacher's head; demo/crosshead_r34_r18_digits), no main LD
   crosshead_ld cross-head terms + main LD 0.25
@@ -48,6 +50,8 @@ VARIANTS = {
                                             "distill.ld_gate=batch"]),
     "ld_positive": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
                                                "distill.ld_gate=positive"]),
+    "ld_detach": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
+                                             "distill.ld_detach_shared=True"]),
     "crosshead": ("demo/crosshead_r34_r18_digits", []),
     "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25"]),
     # diagnostics (not part of the default set)

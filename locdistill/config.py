@@ -166,6 +166,9 @@ class DistillConfig:
     # "positive" (each positive by min(1, max(0, a_p) / ld_gate_margin); measured worse, docs/benchmarks.md)
     ld_gate: str = "none"
     ld_gate_margin: float = 0.1
+    # main LD and VLR-LD train only the box branch (reg tower, gfl_reg, Scale), not the backbone and FPN
+    # that classification shares (LD is computed on a second pass of the box branch over detached features)
+    ld_detach_shared: bool = False
     # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features
     # after tower conv `crosshead_layer` go through the frozen teacher's rest of the head; the three terms
     # compare those cross-head predictions with the teacher's own. On when any of the three weights is > 0.
