@@ -5,9 +5,6 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   ld        + main-region LD from the shipped R-34 teacher
   full      + main LD + VLR-LD (0.25) + class KD (T=2) with the paper's weight 10 scaled by
             C/80 to 1.25: our KD is a mean over classes, so 10 was set for COCO's 80 classes
-  ld_batch     main LD × min(1, max(0, mean over the batch's positives of IoU_t − IoU_s) / 0.1)
-               (distill.ld_gate="batch": LD fades as the student catches up with the teacher)
-  ld_positive  main LD × min(1, max(0, IoU_t − IoU_s) / 0.1) per positive (distill.ld_gate="positive")
   ld_detach    main LD into the box branch only (distill.ld_detach_shared=True: no LD gradient
                reaches the backbone and FPN that classification shares)
   crosshead    cross-head LD (CrossKD's terms on the student's features run through the
@@ -46,10 +43,6 @@ VARIANTS = {
     "baseline": ("demo/gfl_r18_digits", []),
     "ld": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0"]),
     "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=1.25"]),
-    "ld_batch": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
-                                            "distill.ld_gate=batch"]),
-    "ld_positive": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
-                                               "distill.ld_gate=positive"]),
     "ld_detach": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
                                              "distill.ld_detach_shared=True"]),
     "crosshead": ("demo/crosshead_r34_r18_digits", []),

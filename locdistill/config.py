@@ -160,12 +160,6 @@ class DistillConfig:
     kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
-    # main LD weighted by the teacher's advantage a = IoU(teacher box, GT) - IoU(student box, GT):
-    # "none" (the paper); "batch" (every positive by min(1, max(0, mean_p a) / ld_gate_margin), the
-    # mean over the batch's positives: LD fades out as the student catches up with the teacher);
-    # "positive" (each positive by min(1, max(0, a_p) / ld_gate_margin); measured worse, docs/benchmarks.md)
-    ld_gate: str = "none"
-    ld_gate_margin: float = 0.1
     # main LD and VLR-LD train only the box branch (reg tower, gfl_reg, Scale), not the backbone and FPN
     # that classification shares (LD is computed on a second pass of the box branch over detached features)
     ld_detach_shared: bool = False

@@ -98,31 +98,6 @@ def crosshead_terms(
     return out
 
 
-def teacher_advantage(teacher_box: Tensor, student_boxes: Tensor, target_boxes: Tensor, centers: Tensor) -> Tensor:
-    """``IoU(teacher's decoded box, GT) − IoU(student's box, GT)`` per anchor, in [-1, 1].
-
-    What ``ld_gate`` weighs main LD by (:meth:`GFLCriterion.ld_gate_weights`): LD then acts in
-    proportion to how much better than the student the teacher knows the boxes at this step; a
-    teacher that is no better (e.g. one trained on the same images) teaches nothing but would
-    still pull on the shared features.
-
-    Args:
-        teacher_box: ``[B, A, 4, n+1]`` teacher box logits.
-        student_boxes, target_boxes: ``[B, A, 4]`` decoded student boxes and assigned GT boxes
-            (stride units, as in :class:`GFLTargets`).
-        centers: ``[A, 2]`` anchor centres in stride units.
-    Returns:
-        ``[B, A]`` float32 (no gradient).
-    """
-    n1 = teacher_box.shape[-1]
-    project = torch.linspace(0, n1 - 1, n1, device=teacher_box.device)
-    with torch.no_grad():
-        teacher_boxes = distance2bbox(centers, teacher_box.float().softmax(-1) @ project)  # [B, A, 4]
-        iou_t = bbox_overlaps(teacher_boxes, target_boxes, is_aligned=True)
-        iou_s = bbox_overlaps(student_boxes.detach().float(), target_boxes, is_aligned=True)
-    return iou_t - iou_s
-
-
 @dataclass
 class GFLTargets:
     """Assignment and per-anchor targets of one batch (output of :meth:`GFLCriterion.get_targets`)."""
@@ -200,8 +175,7 @@ class GFLCriterion:
         kd_temperature: float = 2.0,
         ld_reduction: str = "sum",
         vlr_iou_mode: str = "diou",
-        ld_gate: str = "none",
-        ld_gate_margin: float = 0.1,
+
         loss_crosshead_ld_weight: float = 0.0,
         loss_crosshead_kd_weight: float = 0.0,
         loss_crosshead_box_weight: float = 0.0,
@@ -214,10 +188,6 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
         if ld_reduction not in ("sum", "per_image"):
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
-        if ld_gate not in ("none", "batch", "positive"):
-            raise ValueError(f"GFLCriterion: ld_gate must be 'none', 'batch' or 'positive', got {ld_gate!r}")
-        if ld_gate != "none" and not ld_gate_margin > 0:
-            raise ValueError(f"GFLCriterion: ld_gate_margin must be > 0, got {ld_gate_margin}")
         if vlr_iou_mode not in ("diou", "iof"):
             raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
         self.num_classes = int(num_classes)
@@ -236,8 +206,6 @@ class GFLCriterion:
         self.kd_temperature = kd_temperature
         self.ld_reduction = ld_reduction
         self.vlr_iou_mode = vlr_iou_mode
-        self.ld_gate = ld_gate
-        self.ld_gate_margin = ld_gate_margin
         self.loss_crosshead_weights = {"ld": loss_crosshead_ld_weight, "kd": loss_crosshead_kd_weight,
                                        "box": loss_crosshead_box_weight}
         self.crosshead_ld_temperature = crosshead_ld_temperature
@@ -272,8 +240,6 @@ class GFLCriterion:
                 loss_kd_weight=d.kd_weight,
                 kd_temperature=d.kd_temperature,
                 ld_reduction=d.reduction,
-                ld_gate=d.ld_gate,
-                ld_gate_margin=d.ld_gate_margin,
                 loss_crosshead_ld_weight=d.crosshead_ld_weight,
                 loss_crosshead_kd_weight=d.crosshead_kd_weight,
                 loss_crosshead_box_weight=d.crosshead_box_weight,
@@ -443,20 +409,6 @@ class GFLCriterion:
         region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
 
-    def ld_gate_weights(self, t: GFLTargets, teacher_box: Tensor) -> Tensor:
-        """Factor on main LD's per-positive weights (``ld_gate``): ``[B, A]`` or a scalar tensor.
-
-        ``"batch"``: ``clamp(mean over the positives (of every rank) of the teacher's advantage /
-        margin, 0, 1)`` for the whole batch; ``"positive"``: ``clamp(advantage_p / margin, 0, 1)``
-        per positive (:func:`teacher_advantage`).
-        """
-        advantage = teacher_advantage(teacher_box, t.pred_boxes, t.target_boxes, t.centers)  # [B, A]
-        if self.ld_gate == "positive":
-            return (advantage / self.ld_gate_margin).clamp(0, 1)
-        pos = t.pos_mask.float()
-        mean = reduce_mean((advantage * pos).sum()) / reduce_mean(pos.sum()).clamp(min=1)
-        return (mean / self.ld_gate_margin).clamp(0, 1)
-
     def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]],
                        ld_box_levels: Optional[Sequence[Tensor]] = None) -> dict[str, Tensor]:
         """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms.
@@ -481,10 +433,7 @@ class GFLCriterion:
         ld = None
         if self.loss_ld_weight:
             ld = kd_kl_loss(s_box, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
-            w = t.weight_targets
-            if self.ld_gate != "none":
-                w = w * self.ld_gate_weights(t, t_box)
-            losses["loss_ld"] = self.loss_ld_weight * scale * (ld * w).sum() / (4 + EPS)
+            losses["loss_ld"] = self.loss_ld_weight * scale * (ld * t.weight_targets).sum() / (4 + EPS)
         if self.loss_ld_vlr_weight:
             if ld is None or self.vlr_temperature != self.ld_temperature:
                 ld = kd_kl_loss(s_box, t_box, self.vlr_temperature).sum(-1)
