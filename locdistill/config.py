@@ -160,9 +160,6 @@ class DistillConfig:
     kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
-    # main LD and VLR-LD train only the box branch (reg tower, gfl_reg, Scale), not the backbone and FPN
-    # that classification shares (LD is computed on a second pass of the box branch over detached features)
-    ld_detach_shared: bool = False
     # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features
     # after tower conv `crosshead_layer` go through the frozen teacher's rest of the head; the three terms
     # compare those cross-head predictions with the teacher's own. On when any of the three weights is > 0.

@@ -164,10 +164,9 @@ class Distiller(nn.Module):
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, need_same_classes: bool = True,
-                 crosshead_layer: int | None = None, detach_shared: bool = False):
+                 crosshead_layer: int | None = None):
         super().__init__()
         check_compatible(student, teacher, need_same_classes)
-        self.detach_shared = detach_shared  # student outputs also hold "detached_box_logits" (LD's input)
         self.student = student
         self.teacher = teacher
         self.teacher.requires_grad_(False)
@@ -185,7 +184,7 @@ class Distiller(nn.Module):
         """From a :class:`~locdistill.config.DistillConfig`: same classes only for class KD, cross-head on
         when one of its weights is non-zero."""
         return cls(student, teacher, need_same_classes=d.kd_weight > 0,
-                   crosshead_layer=d.crosshead_layer if d.crosshead else None, detach_shared=d.ld_detach_shared)
+                   crosshead_layer=d.crosshead_layer if d.crosshead else None)
 
     # mirror the student's attributes so engine code can treat both alike
     @property
@@ -212,7 +211,7 @@ class Distiller(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[dict, dict]:
         if self.crosshead_layers is None:
-            student_out = self.student(images, detached_box=True) if self.detach_shared else self.student(images)
+            student_out = self.student(images)
             with torch.no_grad():
                 teacher_out = self.teacher(images)
             return student_out, teacher_out

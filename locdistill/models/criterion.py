@@ -409,13 +409,8 @@ class GFLCriterion:
         region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
 
-    def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]],
-                       ld_box_levels: Optional[Sequence[Tensor]] = None) -> dict[str, Tensor]:
-        """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms.
-
-        ``ld_box_levels`` (``[B,4(n+1),H,W]`` per level): the student box logits main LD and VLR-LD
-        compare with the teacher's, when not ``t.box_logits`` (``distill.ld_detach_shared``).
-        """
+    def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]]) -> dict[str, Tensor]:
+        """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms."""
         t_cls, t_box, _ = self._flatten(teacher_outputs, "teacher")
         if t_box.shape != t.box_logits.shape:
             raise ValueError(
@@ -426,17 +421,13 @@ class GFLCriterion:
         scale = 3.0 / B if self.ld_reduction == "per_image" else 1.0
         losses = {}
         cross = self.crosshead_losses(t, teacher_outputs, t_cls, t_box)
-        s_box = t.box_logits
-        if ld_box_levels is not None:
-            n1 = self.reg_max + 1
-            s_box = torch.cat([b.float().permute(0, 2, 3, 1).reshape(b.shape[0], -1, 4, n1) for b in ld_box_levels], 1)
         ld = None
         if self.loss_ld_weight:
-            ld = kd_kl_loss(s_box, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
+            ld = kd_kl_loss(t.box_logits, t_box, self.ld_temperature).sum(-1)  # [B, A], summed over sides
             losses["loss_ld"] = self.loss_ld_weight * scale * (ld * t.weight_targets).sum() / (4 + EPS)
         if self.loss_ld_vlr_weight:
             if ld is None or self.vlr_temperature != self.ld_temperature:
-                ld = kd_kl_loss(s_box, t_box, self.vlr_temperature).sum(-1)
+                ld = kd_kl_loss(t.box_logits, t_box, self.vlr_temperature).sum(-1)
             vlr = (ld * self.vlr_weights(t)).sum() / (16 + EPS)
             losses["loss_ld_vlr"] = self.loss_ld_vlr_weight * scale * vlr
         if self.loss_kd_weight:
@@ -505,5 +496,5 @@ class GFLCriterion:
             t = self.get_targets(outputs, targets, image_sizes)
             losses = self.gfl_losses(t)
             if teacher_outputs is not None:
-                losses.update(self.distill_losses(t, teacher_outputs, outputs.get("detached_box_logits")))
+                losses.update(self.distill_losses(t, teacher_outputs))
         return losses

@@ -48,21 +48,16 @@ class GFL(nn.Module):
         """``images [B,3,H,W]`` → pyramid maps ``[B, F, H/s, W/s]`` per level."""
         return list(self.neck(self.backbone(images)))
 
-    def forward(self, images: Tensor, tower_layer: Optional[int] = None,
-                detached_box: bool = False) -> dict[str, list[Tensor]]:
+    def forward(self, images: Tensor, tower_layer: Optional[int] = None) -> dict[str, list[Tensor]]:
         """``images [B,3,H,W]`` (normalised, padded) → ``{"cls_logits": [B,C,H/s,W/s] per level,
         "box_logits": [B,4(reg_max+1),H/s,W/s] per level}``.
 
         ``tower_layer=k`` adds the head towers' features after conv ``k`` (``"cls_tower"``,
-        ``"reg_tower"``; cross-head distillation, :meth:`GFLHead.forward`). ``detached_box`` adds
-        ``"detached_box_logits"``: the box branch run on the pyramid features detached, so a loss on
-        them trains the box branch only, not the backbone and FPN that classification shares
-        (``distill.ld_detach_shared``)."""
+        ``"reg_tower"``; cross-head distillation, :meth:`GFLHead.forward`)."""
         feats = self.extract_feat(images)
-        out = self.bbox_head(feats) if tower_layer is None else self.bbox_head(feats, tower_layer=tower_layer)
-        if detached_box:  # the box branch once more on features that pass no gradient back
-            out = {**out, "detached_box_logits": self.bbox_head.box_branch([f.detach() for f in feats])}
-        return out
+        if tower_layer is None:
+            return self.bbox_head(feats)
+        return self.bbox_head(feats, tower_layer=tower_layer)
 
     @torch.no_grad()
     def predict(self, images: Tensor, image_metas: Sequence[Mapping],

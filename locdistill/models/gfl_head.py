@@ -127,19 +127,6 @@ class GFLHead(nn.Module):
             reg_feat = conv(reg_feat)
         return self.gfl_cls(cls_feat), scale(self.gfl_reg(reg_feat))
 
-    def box_branch(self, feats: Sequence[Tensor]) -> list[Tensor]:
-        """Only the box side of :meth:`forward`: reg tower, ``gfl_reg`` and each level's ``Scale``.
-
-        ``feats``: one ``[B, in_channels, H_l, W_l]`` map per level; returns ``[B, 4(n+1), H_l, W_l]``
-        per level (``distill.ld_detach_shared`` runs it on detached features).
-        """
-        out = []
-        for x, scale in zip(feats, self.scales):
-            for conv in self.reg_convs:
-                x = conv(x)
-            out.append(scale(self.gfl_reg(x)))
-        return out
-
     @property
     def stacked_convs(self) -> int:
         return len(self.cls_convs)
