@@ -175,7 +175,6 @@ class GFLCriterion:
         kd_temperature: float = 2.0,
         ld_reduction: str = "sum",
         vlr_iou_mode: str = "diou",
-
         loss_crosshead_ld_weight: float = 0.0,
         loss_crosshead_kd_weight: float = 0.0,
         loss_crosshead_box_weight: float = 0.0,
