@@ -109,6 +109,14 @@ def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     return 1 - bbox_overlaps(pred.float(), target.float(), mode="giou", is_aligned=True, eps=eps)
 
 
+def _check_same_shape(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
+            f"{tuple(teacher_logits.shape)}"
+        )
+
+
 def kd_kl_loss(
     student_logits: Tensor, teacher_logits: Tensor, T: float, class_reduction: str = "mean"
 ) -> Tensor:
@@ -125,11 +133,7 @@ def kd_kl_loss(
     Returns:
         ``[...]``.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
-            f"{tuple(teacher_logits.shape)}"
-        )
+    _check_same_shape(student_logits, teacher_logits)
     if class_reduction not in ("mean", "sum"):
         raise ValueError(f"class_reduction must be 'mean' or 'sum', got {class_reduction!r}")
     # the target as log-probabilities: KL is then exactly 0 where student and teacher logits are equal
@@ -169,11 +173,7 @@ def kd_quality_focal_loss(student_logits: Tensor, teacher_logits: Tensor, beta: 
     Returns:
         ``[...]``.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs "
-            f"{tuple(teacher_logits.shape)}"
-        )
+    _check_same_shape(student_logits, teacher_logits)
     s = student_logits.float()
     target = teacher_logits.detach().float().sigmoid()
     bce = F.binary_cross_entropy_with_logits(s, target, reduction="none")
