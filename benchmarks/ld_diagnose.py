@@ -27,20 +27,12 @@ from collections import defaultdict
 import torch
 
 from locdistill.boxes import bbox_overlaps
-from locdistill.checkpoint import load_checkpoint, load_model_weights
 from locdistill.config import load_config
-from locdistill.data.loader import build_dataloader, build_dataset
-from locdistill.models.build import build_criterion, build_detector
+from locdistill.data.loader import build_dataloader
+from locdistill.models.build import build_criterion
+from locdistill.tools.check_teacher import eval_dataset, load_detector
 
 GT_TERMS = ("loss_cls", "loss_bbox", "loss_dfl")
-
-
-def load(config_name: str, checkpoint: str, num_classes: int) -> torch.nn.Module:
-    cfg = load_config(config_name)
-    cfg.model.num_classes = num_classes
-    model = build_detector(cfg.model)
-    load_model_weights(model, load_checkpoint(checkpoint), strict=True, source=checkpoint)
-    return model
 
 
 def split_dataset(cfg, split: str):
@@ -48,15 +40,8 @@ def split_dataset(cfg, split: str):
     with their **exact** boxes (the dataset without ``digits_box_noise``): the truth that neither
     model was trained on, so teacher and student are compared where LD acts, against what is right."""
     if split == "train":
-        if cfg.data.dataset != "digits":
-            cfg.data.val_json, cfg.data.val_images = cfg.data.train_json, cfg.data.train_images
-        else:
-            from locdistill.data.digits import ensure_digits
-
-            d = cfg.data
-            paths = ensure_digits(d.digits_root, d.digits_train, d.digits_val, d.digits_image_size, d.digits_seed)
-            d.dataset, d.val_json, d.val_images = "coco", str(paths["train_json"]), str(paths["train_images"])
-    return build_dataset(cfg.data, "val")
+        cfg.data.digits_box_noise = 0.0
+    return eval_dataset(cfg, split)
 
 
 def main() -> None:
@@ -84,8 +69,8 @@ def main() -> None:
     classes = len(data.dataset.classes)
     cfg.model.num_classes = classes
     loader = build_dataloader(data, cfg.data.batch_size, 0, shuffle=False)
-    student = load(args.student_config, args.student_checkpoint, classes).train()
-    teacher = load(args.teacher_config, args.teacher_checkpoint, classes).eval()
+    student = load_detector("student", args.student_config, args.student_checkpoint, num_classes=classes)[1].train()
+    teacher = load_detector("teacher", args.teacher_config, args.teacher_checkpoint, num_classes=classes)[1]
     criterion = build_criterion(cfg)
 
     norms: dict[str, list] = defaultdict(list)
