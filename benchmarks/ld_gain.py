@@ -9,6 +9,7 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   crosshead    cross-head LD (CrossKD's terms on the student's features run through the
                teacher's head; demo/crosshead_r34_r18_digits), no main LD
   crosshead_ld cross-head terms + main LD 0.25
+  crosshead_full cross-head terms + the full recipe (main LD, VLR-LD 0.25, class KD 1.25)
 Diagnostics (ask for them with --variants):
   ld_vlr    main LD + VLR-LD, no class KD
   full_w10  the full recipe with the unscaled KD weight 10 (8x stronger on 10 classes)
@@ -46,6 +47,8 @@ VARIANTS = {
                                          "distill.ld_temperature=1.0"]),
     "crosshead": ("demo/crosshead_r34_r18_digits", []),
     "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25"]),
+    "crosshead_full": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25", "distill.vlr_weight=0.25",
+                                                         "distill.kd_weight=1.25"]),
     # diagnostics (not part of the default set)
     "ld_vlr": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=0.0"]),
     "full_w10": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=10.0"]),

@@ -146,45 +146,98 @@ class TrainConfig:
     max_iters_per_epoch: Optional[int] = None  # cap (smoke tests, debugging)
 
 
+# Named distillation recipes (docs/distillation.md, "Recipes"): each sets every term's weight and temperature,
+# so one word selects a whole recipe (`--set distill.recipe=crosshead`, `DistillConfig.from_recipe`); keys
+# given after it change single terms. "kd_weight_per_80_classes" is the class-KD weight for 80 classes:
+# our KD is a mean over the classes, so the weight is scaled by C/80 (10 on COCO as the LD paper, 1.25 on
+# digits; measured in docs/benchmarks.md: the unscaled 10 costs 9.5 AP on 10 classes).
+_TERMS_OFF = dict(ld_weight=0.0, vlr_weight=0.0, kd_weight_per_80_classes=0.0, crosshead_ld_weight=0.0,
+                  crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
+_MAIN_LD = dict(ld_weight=0.25, ld_temperature=10.0)
+_PAPER_FULL = dict(_MAIN_LD, vlr_weight=0.25, vlr_temperature=10.0, kd_weight_per_80_classes=10.0,
+                   kd_temperature=2.0)
+_CROSSKD = dict(crosshead_layer=-2, crosshead_ld_weight=3.0, crosshead_ld_temperature=1.0, crosshead_kd_weight=1.0,
+                crosshead_kd_beta=1.0, crosshead_box_weight=2.0)
+RECIPES: dict[str, dict[str, float]] = {
+    # the LD paper's GFLv1 tables: main-region LD only (T=10, weight 0.25)
+    "ld": dict(_TERMS_OFF, **_MAIN_LD),
+    # the LD code's full recipe: main LD + VLR-LD (0.25, T=10) + class KD (10 per 80 classes, T=2)
+    "full": dict(_TERMS_OFF, **_PAPER_FULL),
+    # CrossKD's GFL terms on the student's features run through the teacher's head; no term on the student's
+    # own outputs. Safe when the teacher is barely better than the student (the default)
+    "crosshead": dict(_TERMS_OFF, **_CROSSKD),
+    "crosshead_ld": dict(_TERMS_OFF, **_CROSSKD, **_MAIN_LD),
+    "crosshead_full": dict(_TERMS_OFF, **_CROSSKD, **_PAPER_FULL),
+}
+DEFAULT_RECIPE = "crosshead"
+
+
+def recipe_values(name: str, num_classes: int) -> dict[str, float]:
+    """The DistillConfig field values of recipe ``name`` for a detector with ``num_classes`` classes."""
+    if name not in RECIPES:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(RECIPES), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown distillation recipe '{name}'{hint}; recipes: {', '.join(RECIPES)}")
+    values = dict(RECIPES[name])
+    values["kd_weight"] = values.pop("kd_weight_per_80_classes") * num_classes / 80
+    return values
+
+
 @dataclass
 class DistillConfig:
-    """Localization distillation (DESIGN §5); off while ``teacher_config`` is empty."""
+    """Localization distillation (DESIGN §5); off while ``teacher_config`` is empty.
+
+    The term defaults are the ``crosshead`` recipe (:data:`RECIPES`): measured safe when the teacher is
+    trained on the student's own data and barely better (docs/benchmarks.md), where main LD costs AP.
+    """
 
     teacher_config: str = ""  # config name or path of the teacher; "" = plain training
     teacher_checkpoint: str = ""  # loaded strictly
-    ld_weight: float = 0.25  # main-region LD on the student's positives
+    ld_weight: float = 0.0  # main-region LD on the student's positives (0 = off; recipe "ld": 0.25)
     ld_temperature: float = 10.0
-    vlr_weight: float = 0.0  # valuable localisation region LD (0 = off; LD configs use 0.25)
+    vlr_weight: float = 0.0  # valuable localisation region LD (0 = off; recipe "full": 0.25)
     vlr_temperature: float = 10.0
     vlr_iou_mode: str = "diou"  # "diou" (true DIoU) or "iof" (the LD code's quirk)
-    kd_weight: float = 0.0  # class-score KD on positives (0 = off; LD configs use 10)
+    kd_weight: float = 0.0  # class-score KD on positives (0 = off; recipe "full": 10 x C/80)
     kd_temperature: float = 2.0
     reduction: str = "sum"  # "sum" (original; grows with images/GPU) or "per_image"
     # cross-head distillation (CrossKD, CVPR 2024; docs/distillation.md): the student's head-tower features
     # after tower conv `crosshead_layer` go through the frozen teacher's rest of the head; the three terms
     # compare those cross-head predictions with the teacher's own. On when any of the three weights is > 0.
     crosshead_layer: int = -2  # tower conv index (negative: from each tower's end); -2 = CrossKD's default
-    crosshead_ld_weight: float = 0.0  # KL of the box distributions (0 = off; CrossKD GFL: 3.0)
+    crosshead_ld_weight: float = 3.0  # KL of the box distributions (0 = off; CrossKD GFL: 3.0)
     crosshead_ld_temperature: float = 1.0  # CrossKD GFL: T=1, KL summed over the bins
-    crosshead_kd_weight: float = 0.0  # class KD, quality-focal style (0 = off; CrossKD GFL: 1.0)
+    crosshead_kd_weight: float = 1.0  # class KD, quality-focal style (0 = off; CrossKD GFL: 1.0)
     crosshead_kd_beta: float = 1.0  # exponent of |sigmoid(s) - sigmoid(t)| (CrossKD GFL: 1)
-    crosshead_box_weight: float = 0.0  # GIoU to the teacher's decoded box (0 = off; CrossKD GFL: 2.0)
+    crosshead_box_weight: float = 2.0  # GIoU to the teacher's decoded box (0 = off; CrossKD GFL: 2.0)
+
+    @classmethod
+    def from_recipe(cls, recipe: str, teacher_config: str = "", teacher_checkpoint: str = "", *,
+                    num_classes: int = 80, **changes: Any) -> "DistillConfig":
+        """A config with every term set by ``recipe`` (a key of :data:`RECIPES`), then ``changes``."""
+        return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
+                   **{**recipe_values(recipe, num_classes), **changes})
 
     @classmethod
     def paper(cls, teacher_config: str, teacher_checkpoint: str) -> "DistillConfig":
-        """The LD paper's recipe: main LD 0.25/T10, VLR 0.25/T10, class KD 10/T2, "sum" reduction."""
-        return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
-                   ld_weight=0.25, ld_temperature=10.0, vlr_weight=0.25, vlr_temperature=10.0,
-                   kd_weight=10.0, kd_temperature=2.0, reduction="sum")
+        """The LD code's full recipe on COCO: main LD 0.25/T10, VLR 0.25/T10, class KD 10/T2, "sum"."""
+        return cls.from_recipe("full", teacher_config, teacher_checkpoint, reduction="sum")
 
     @classmethod
     def crosskd(cls, teacher_config: str, teacher_checkpoint: str) -> "DistillConfig":
         """CrossKD's GFL recipe: cross-head only (main LD, VLR and KD off), tower conv -2 (the third of four),
         cross-head LD 3.0/T1, quality-focal KD 1.0/beta 1, GIoU 2.0."""
-        return cls(teacher_config=teacher_config, teacher_checkpoint=teacher_checkpoint,
-                   ld_weight=0.0, vlr_weight=0.0, kd_weight=0.0, crosshead_layer=-2,
-                   crosshead_ld_weight=3.0, crosshead_ld_temperature=1.0, crosshead_kd_weight=1.0,
-                   crosshead_kd_beta=1.0, crosshead_box_weight=2.0)
+        return cls.from_recipe("crosshead", teacher_config, teacher_checkpoint)
+
+    def recipe(self, num_classes: int) -> str:
+        """The name of the recipe whose terms these are, or "custom"."""
+        for name in RECIPES:
+            values = recipe_values(name, num_classes)
+            if all(abs(getattr(self, k) - v) < 1e-9 for k, v in values.items()):
+                return name
+        return "custom"
 
     @property
     def crosshead(self) -> bool:
@@ -439,21 +492,34 @@ def _parse_value(text: str) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``["a.b=c", ...]`` to a copy of ``cfg``; values go through ``ast.literal_eval``."""
+    """Apply ``["a.b=c", ...]`` to a copy of ``cfg``; values go through ``ast.literal_eval``.
+
+    ``distill.recipe=NAME`` is not a field: it sets every distillation term to recipe NAME
+    (:data:`RECIPES`, scaled to the final ``model.num_classes``); keys after it change single terms.
+    """
     d = config_to_dict(cfg)
     keys = valid_keys(cfg)
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=12")
         key, text = item.split("=", 1)
         key = key.strip()
-        if key not in keys:
-            raise _unknown_key(key, keys)
+        if key not in keys and key != "distill.recipe":
+            raise _unknown_key(key, keys + ["distill.recipe"])
+        parsed.append((key, _parse_value(text.strip())))
+    num_classes = dict(parsed).get("model.num_classes", cfg.model.num_classes)
+    if not isinstance(num_classes, int):  # config_from_dict below names the bad value
+        num_classes = cfg.model.num_classes
+    for key, value in parsed:
+        if key == "distill.recipe":
+            d["distill"].update(recipe_values(str(value), num_classes))
+            continue
         node = d
         parts = key.split(".")
         for p in parts[:-1]:
             node = node[p]
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = value
     return config_from_dict(d)
 
 

@@ -183,7 +183,8 @@ def test_from_config():
     crit = GFLCriterion.from_config(cfg)
     assert (crit.num_classes, crit.reg_max, crit.loss_bbox_weight, crit.assigner.topk) == (7, 8, 3.0, 5)
     assert GFLCriterion.from_config(cfg, loss_kd_weight=0.5).loss_kd_weight == 0.5
-    cfg.distill.vlr_weight, cfg.distill.kd_weight, cfg.distill.vlr_iou_mode = 0.25, 10.0, "iof"
+    cfg.distill.ld_weight, cfg.distill.vlr_weight, cfg.distill.kd_weight = 0.25, 0.25, 10.0
+    cfg.distill.vlr_iou_mode = "iof"
     cfg.distill.reduction = "per_image"
     crit = GFLCriterion.from_config(cfg)
     assert (crit.loss_ld_weight, crit.loss_ld_vlr_weight, crit.loss_kd_weight) == (0.25, 0.25, 10.0)

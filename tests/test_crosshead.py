@@ -243,7 +243,7 @@ def test_bf16_autocast_and_missing_cross_outputs():
 
 
 def test_config_switches_crosshead_on_and_from_config_builds_it():
-    d = DistillConfig()
+    d = DistillConfig.from_recipe("ld")
     assert not d.crosshead and d.crosshead_layer == -2
     paper = DistillConfig.crosskd("t.py", "t.pth")
     assert paper.crosshead and (paper.ld_weight, paper.vlr_weight, paper.kd_weight) == (0, 0, 0)

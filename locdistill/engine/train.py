@@ -423,7 +423,8 @@ def build_training(cfg: Config, device: torch.device):
         teacher = build_teacher(cfg.distill.teacher_config, cfg.distill.teacher_checkpoint, num_classes)
         model = Distiller.from_config(model, teacher, cfg.distill)  # + cross-head when its weights are set
         d = cfg.distill
-        info(f"distilling from {d.teacher_config} ({d.teacher_checkpoint}): LD w={d.ld_weight} T={d.ld_temperature}, "
+        info(f"distilling from {d.teacher_config} ({d.teacher_checkpoint}), recipe "
+             f"{d.recipe(cfg.model.num_classes)}: LD w={d.ld_weight} T={d.ld_temperature}, "
              f"VLR w={d.vlr_weight}, KD w={d.kd_weight} T={d.kd_temperature}, reduction={d.reduction}"
              + (f"; cross-head after tower conv {d.crosshead_layer}: LD w={d.crosshead_ld_weight} "
                 f"T={d.crosshead_ld_temperature}, KD w={d.crosshead_kd_weight}, box w={d.crosshead_box_weight}"

@@ -7,16 +7,9 @@
 # --set distill.ld_weight=0.25 (the terms add up). Measured (benchmarks/ld_gain.py, 3 seeds, docs/benchmarks.md):
 # 47.3 AP vs 39.5 alone with the shipped teacher; 41.3 vs 39.5 with a teacher trained on the student's own
 # noisy scenes (--setting same_data), where main LD loses 0.9.
-from locdistill.config import load_config
+from locdistill.config import DistillConfig, load_config
 
 config = load_config("demo/ld_r34_r18_digits")
 d = config.distill
-d.ld_weight = 0.0
-d.vlr_weight = 0.0
-d.kd_weight = 0.0
-d.crosshead_layer = -2
-d.crosshead_ld_weight = 3.0
-d.crosshead_ld_temperature = 1.0
-d.crosshead_kd_weight = 1.0
-d.crosshead_kd_beta = 1.0
-d.crosshead_box_weight = 2.0
+config.distill = DistillConfig.from_recipe("crosshead", d.teacher_config, d.teacher_checkpoint,
+                                           num_classes=config.model.num_classes, reduction=d.reduction)

@@ -6,15 +6,10 @@
 from pathlib import Path
 
 import locdistill
-from locdistill.config import load_config
+from locdistill.config import DistillConfig, load_config
 
 config = load_config("demo/gfl_r18_digits")
-d = config.distill
-d.teacher_config = "demo/gfl_r34_digits_teacher"
-d.teacher_checkpoint = str(Path(locdistill.__file__).resolve().parent / "data" / "assets" / "digits_teacher.pth")
-d.ld_weight = 0.25
-d.ld_temperature = 10.0
-d.vlr_weight = 0.0
-d.kd_weight = 0.0
-d.kd_temperature = 2.0
-d.reduction = "per_image"
+config.distill = DistillConfig.from_recipe(
+    "ld", "demo/gfl_r34_digits_teacher",
+    str(Path(locdistill.__file__).resolve().parent / "data" / "assets" / "digits_teacher.pth"),
+    num_classes=config.model.num_classes, reduction="per_image")

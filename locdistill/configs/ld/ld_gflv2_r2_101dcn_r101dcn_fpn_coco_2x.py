@@ -8,8 +8,8 @@ from locdistill.config import DistillConfig, load_config
 config = load_config("gflv2/gflv2_r101_fpn_dconv_c3-c5_mstrain_2x_coco")
 config.data.batch_size = 2
 
-config.distill = DistillConfig(
+config.distill = DistillConfig.from_recipe(
+    "ld",
     teacher_config="gflv2/gflv2_r2_101_fpn_dconv_c4-c5_mstrain_2x_coco",
     teacher_checkpoint="checkpoints/gflv2_r2_101_fpn_dconv_c4-c5_mstrain_2x_coco.pth",
-    ld_weight=0.25, ld_temperature=10.0, vlr_weight=0.0, kd_weight=0.0,
 )
