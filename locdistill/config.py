@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
+from .config_aliases import config_alias
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -283,6 +284,9 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
     cand = CONFIG_DIR / (name + ".py")
     if cand.is_file():
         return cand
+    alias = config_alias(name)  # the LD code's and mmdetection's names and paths of the same experiment
+    if alias is not None:
+        return CONFIG_DIR / (alias + ".py")
     # a bare file name without its folder
     hits = [n for n in list_configs() if n.split("/")[-1] == name]
     if len(hits) == 1:
