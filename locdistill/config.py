@@ -291,9 +291,9 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
     hits = [n for n in list_configs() if n.split("/")[-1] == name]
     if len(hits) == 1:
         return CONFIG_DIR / (hits[0] + ".py")
-    import difflib
+    from .config_aliases import closest_names
 
-    close = difflib.get_close_matches(name, list_configs(), n=5, cutoff=0.4)
+    close = closest_names(name, list_configs())  # shipped names and the foreign names of config_aliases
     hint = ("did you mean: " + ", ".join(close)) if close else "run `locdistill configs` to list them"
     raise ConfigError(f"config '{s}' not found: it is neither an existing .py file nor a shipped config name; {hint}")
 
