@@ -304,12 +304,15 @@ def _voting_cluster_diou(boxes: Tensor, scores: Tensor, groups: Tensor,
 
 # Dispatch point for ``test_cfg.nms``.
 NMS_METHODS: dict[str, NmsFn] = {"nms": _nms, "voting_cluster_diou": _voting_cluster_diou}
+# Other spellings accepted for ``test_cfg.nms``: the LD code's config type name.
+NMS_SPELLINGS: dict[str, str] = {"voting_cluster_diounms": "voting_cluster_diou"}
 
 
 def get_nms(name: str) -> NmsFn:
-    """The NMS function for ``test_cfg.nms``; ConfigError naming the valid values otherwise."""
+    """The NMS function for ``test_cfg.nms`` (also the LD code's spelling ``"voting_cluster_diounms"``);
+    ConfigError naming the valid values otherwise."""
     try:
-        return NMS_METHODS[name]
+        return NMS_METHODS[NMS_SPELLINGS.get(name, name)]
     except KeyError:
         raise ConfigError(
             f"test.nms={name!r} is not a known NMS method; valid values: {sorted(NMS_METHODS)}"

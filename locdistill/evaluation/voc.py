@@ -166,24 +166,41 @@ def summarize(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _ascii_table(rows: Sequence[Sequence[str]], footer_rows: int = 1) -> list[str]:
+    """Rows of cells as the seed prints them (mmdetection's terminal table): every column as
+    wide as its widest cell, left-aligned, one space of padding, rules above and below the
+    header and above the last ``footer_rows`` rows."""
+    widths = [max(len(r[k]) for r in rows) for k in range(len(rows[0]))]
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+
+    def row(cells):
+        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
+
+    body = [row(r) for r in rows]
+    split = len(rows) - footer_rows
+    return [rule, body[0], rule, *body[1:split], rule, *body[split:], rule]
+
+
 def format_voc_table(result: Mapping[str, Any], classes: Sequence[str]) -> str:
-    """The seed's VOC printout: per class ``gts, dets, recall, ap`` at the first IoU
-    threshold, mAP, then ``AP50 … AP95`` and their mean ``AP``."""
+    """The seed's VOC printout (the LD README's example): a title line, the table of
+    ``class, gts, dets, recall, ap`` at the first IoU threshold with the ``mAP`` row, then
+    (with several thresholds) ``AP:`` (the mean of the mAPs over IoU 0.50:0.95) and the list
+    ``['AP50: …', …, 'AP95: …']``.
+
+    The seed prints one such table per threshold (its README shows the last, at IoU 0.95);
+    here the table is the one at IoU 0.50, the threshold of the reported mAP.
+    """
     thr = result["iou_thrs"][0]
-    width = max([len("class")] + [len(c) for c in classes])
-    line = "+" + "-" * (width + 2) + "+------+------+--------+-------+"
-    rows = [f"VOC mAP @ IoU {thr:.2f} ({result['mode']})", line,
-            f"| {'class':<{width}} | gts  | dets | recall | ap    |", line]
+    rows = [["class", "gts", "dets", "recall", "ap"]]
     for c, name in enumerate(classes):
-        rows.append(f"| {name:<{width}} | {int(result['num_gts'][c]):>4} | {int(result['num_dets'][c]):>4} | "
-                    f"{result['recall'][0, c]:6.3f} | {result['ap'][0, c]:.3f} |")
-    rows += [line, f"| {'mAP':<{width}} |      |      |        | {result['map'][0]:.3f} |", line]
+        rows.append([str(name), str(int(result["num_gts"][c])), str(int(result["num_dets"][c])),
+                     f"{result['recall'][0, c]:.3f}", f"{result['ap'][0, c]:.3f}"])
+    rows.append(["mAP", "", "", "", f"{result['map'][0]:.3f}"])
+    lines = [f"VOC mAP @ IoU {thr:.2f} ({result['mode']})", *_ascii_table(rows)]
     if len(result["iou_thrs"]) > 1:
-        rows.append("[" + ", ".join(f"'AP{int(round(t * 100))}: {m:.6f}'"
-                                    for t, m in zip(result["iou_thrs"], result["map"])) + "]")
-        rows.append(f"AP: {float(np.mean(result['map'])):.6f} (mean over IoU "
-                    f"{result['iou_thrs'][0]:.2f}:{result['iou_thrs'][-1]:.2f})")
-    return "\n".join(rows)
+        lines.append(f"AP:  {float(np.mean(result['map']))}")
+        lines.append(str([f"AP{int(round(t * 100))}: {m:.6f}" for t, m in zip(result["iou_thrs"], result["map"])]))
+    return "\n".join(lines)
 
 
 def coco_json_annotations(json_path, image_ids: Sequence[Any], cat_ids: Sequence[int]) -> list[dict]:
