@@ -354,23 +354,33 @@ def test_vlr_selection_matches_hand_computation(mode, expected_region):
 
 # ----------------------------------------------------------------------------- configs and the TA chain
 
+# main-region LD only (the LD repo README's GFLv1 tables) and the full recipe (main LD + VLR + class KD)
 LD_CONFIGS = ["ld/ld_gflv1_r101_r18_fpn_coco_1x", "ld/ld_gflv1_r101_r34_fpn_coco_1x",
               "ld/ld_gflv1_r101_r50_fpn_coco_1x", "ld/ld_gflv1_r50_r50_fpn_coco_1x_self",
               "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta", "ld/ld_gflv1_r18_r18_fpn_coco_1x_self",
-              "ld/ld_gflv1_r101dcn_r101_fpn_coco_2x", "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_2x_self"]
+              "ld/ld_gflv1_r101dcn_r101_fpn_coco_2x", "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_2x_self",
+              "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_1x_self"]
+FULL_CONFIGS = ["ld/ld_gflv1_r101_r18_fpn_coco_1x_full", "ld/ld_gflv1_r101_r34_fpn_coco_1x_full",
+                "ld/ld_gflv1_r101_r50_fpn_coco_1x_full"]
+OTHER_CONFIGS = {"ld/ld_gflv1_r101_r50_fpn_coco_1x_full_gi"}  # full + feature imitation: tests/test_imitation*
 
 
 def test_every_ld_config_loads_with_the_paper_settings():
-    # GFocalV1 LD configs; the GFLv2 ones (LD only, as the LD repo's) are checked in tests/test_zoo.py
-    shipped = [n for n in list_configs() if n.startswith("ld/ld_gflv1_")]
-    assert sorted(shipped) == sorted(LD_CONFIGS)
+    # GFocalV1 LD configs; the GFLv2 ones (LD only, as the LD repo's) are checked in tests/test_zoo.py,
+    # every published row against its config in tests/test_seed_rows.py
+    shipped = [n for n in list_configs() if n.startswith("ld/ld_gflv1_") and n not in OTHER_CONFIGS]
+    assert sorted(shipped) == sorted(LD_CONFIGS + FULL_CONFIGS)
     depths = {}
     for name in shipped:
         cfg = load_config(name)
         d = cfg.distill
         assert cfg.name == name.split("/")[1]
-        assert (d.ld_weight, d.ld_temperature, d.vlr_weight, d.vlr_temperature) == (0.25, 10.0, 0.25, 10.0)
-        assert (d.kd_weight, d.kd_temperature, d.reduction, d.vlr_iou_mode) == (10.0, 2.0, "sum", "diou")
+        if name in FULL_CONFIGS:  # the LD code's full recipe, its VLR selection included
+            assert (d.ld_weight, d.ld_temperature, d.vlr_weight, d.vlr_temperature) == (0.25, 10.0, 0.25, 10.0)
+            assert (d.kd_weight, d.kd_temperature, d.reduction, d.vlr_iou_mode) == (10.0, 2.0, "sum", "iof")
+        else:  # main-region LD only, as the v1 code of the README's GFLv1 tables
+            assert (d.ld_weight, d.ld_temperature, d.vlr_weight, d.kd_weight, d.reduction) == (0.25, 10.0, 0, 0, "sum")
+        assert not d.crosshead
         assert d.teacher_checkpoint.endswith(".pth") and cfg.data.batch_size <= 3
         teacher = load_config(d.teacher_config)
         # what check_compatible will demand of the built models
@@ -383,6 +393,9 @@ def test_every_ld_config_loads_with_the_paper_settings():
         "ld/ld_gflv1_r101_r50_fpn_coco_1x": (101, 50), "ld/ld_gflv1_r50_r50_fpn_coco_1x_self": (50, 50),
         "ld/ld_gflv1_r34_r18_fpn_coco_1x_ta": (34, 18), "ld/ld_gflv1_r18_r18_fpn_coco_1x_self": (18, 18),
         "ld/ld_gflv1_r101dcn_r101_fpn_coco_2x": (101, 101), "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_2x_self": (101, 101),
+        "ld/ld_gflv1_x101dcn_x101dcn_fpn_coco_1x_self": (101, 101),
+        "ld/ld_gflv1_r101_r18_fpn_coco_1x_full": (101, 18), "ld/ld_gflv1_r101_r34_fpn_coco_1x_full": (101, 34),
+        "ld/ld_gflv1_r101_r50_fpn_coco_1x_full": (101, 50),
     }
     self_ld = load_config("ld/ld_gflv1_r50_r50_fpn_coco_1x_self")
     assert config_to_dict(load_config(self_ld.distill.teacher_config).model) == config_to_dict(self_ld.model)

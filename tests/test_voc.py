@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from locdistill.config import Config, load_config
+from locdistill.config import Config, list_configs, load_config
 from locdistill.data.loader import build_dataset
 from locdistill.data.repeat import RepeatDataset
 from locdistill.data.voc import VOC_CLASSES, VOCDetection
@@ -72,14 +72,19 @@ def test_repeat_dataset(devkit):
 
 
 def test_shipped_voc_configs_follow_the_paper_schedule():
-    for name in ("voc/gfl_r101_fpn_voc", "voc/gfl_r34_fpn_voc", "voc/gfl_r18_fpn_voc",
-                 "voc/ld_gflv1_r101_r18_fpn_voc", "voc/ld_gflv1_r101_r34_fpn_voc", "voc/ld_gflv1_r34_r18_fpn_voc_ta"):
+    names = [n for n in list_configs() if n.startswith("voc/")]
+    assert {"voc/gfl_r101_fpn_voc", "voc/gfl_r101_fpn_dconv_c3-c5_voc", "voc/gfl_r50_fpn_voc", "voc/gfl_r34_fpn_voc",
+            "voc/gfl_r18_fpn_voc", "voc/ld_gflv1_r101_r18_fpn_voc", "voc/ld_gflv1_r101_r34_fpn_voc",
+            "voc/ld_gflv1_r34_r18_fpn_voc_ta", "voc/ld_gflv1_r101_r50_fpn_voc", "voc/ld_gflv1_r101dcn_r34_fpn_voc",
+            "voc/ld_gflv1_r101dcn_r101_fpn_voc"} <= set(names)
+    for name in names:
         cfg = load_config(name)
         assert cfg.model.num_classes == 20 and cfg.data.dataset == "voc" and cfg.data.repeat == 3
         assert (cfg.train.epochs, cfg.train.milestones, cfg.data.batch_size) == (4, (3,), 3)
         if name.startswith("voc/ld_"):
-            d = cfg.distill
-            assert (d.ld_weight, d.vlr_weight, d.kd_weight, d.reduction) == (0.25, 0.25, 10.0, "sum")
+            d = cfg.distill  # main-region LD only, as the README's VOC table
+            assert (d.ld_weight, d.vlr_weight, d.kd_weight, d.reduction) == (0.25, 0.0, 0.0, "sum")
+            assert d.recipe(20) == "ld"
             assert load_config(d.teacher_config).model.num_classes == 20
     assert load_config("ld_gflv1_r101_r18_fpn_voc").model.backbone.depth == 18  # the seed's name
 
