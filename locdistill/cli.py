@@ -12,8 +12,14 @@ from .errors import LocDistillError
 
 
 def _add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
-                   help="override config fields, e.g. --set train.epochs=2 data.batch_size=4")
+    p.add_argument("--set", "--cfg-options", nargs="+", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override config fields, e.g. --set train.epochs=2 data.batch_size=4 (--cfg-options, "
+                        "the LD code's spelling, is the same option; the keys are locdistill's)")
+
+
+def _add_launcher(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                   help=argparse.SUPPRESS)  # the LD code's scripts pass it; torchrun's environment decides here
 
 
 def _default_work_dir(cfg_name: str) -> Path:
@@ -115,7 +121,7 @@ def cmd_import_mmdet(args) -> int:
 def cmd_convert(args) -> int:
     from .tools.convert import convert_checkpoint
 
-    result = convert_checkpoint(args.input, args.output, half=args.half)
+    result = convert_checkpoint(args.input, args.output, half=args.half, format=args.format)
     for line in result.summary():
         print(line)
     return 0
@@ -140,7 +146,8 @@ def cmd_benchmark(args) -> int:
     from .tools.benchmark import benchmark
 
     benchmark(args.config, args.checkpoint, compare=args.compare, images=args.images, warmup=args.warmup,
-              amp=args.amp, overrides=args.overrides, synthetic=args.synthetic, log_interval=args.log_interval)
+              amp=args.amp, overrides=args.overrides, synthetic=args.synthetic, log_interval=args.log_interval,
+              fuse=args.fuse_conv_bn)
     return 0
 
 
@@ -197,14 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("train", help="train a detector: locdistill train CONFIG")
     s.add_argument("config", help="config name (e.g. gfl/gfl_r50_fpn_coco_1x) or path to a .py file")
     s.add_argument("--work-dir", help="output folder (default work_dirs/<config name>)")
-    s.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CKPT",
-                   help="resume from CKPT, or from the latest checkpoint in the work dir")
+    s.add_argument("--resume", "--resume-from", nargs="?", const="auto", default=None, metavar="CKPT",
+                   help="resume from CKPT, or from the latest checkpoint in the work dir (--resume-from CKPT, "
+                        "the LD code's spelling, is the same option)")
     s.add_argument("--amp", action="store_true", help="bf16 autocast for the forward passes (losses stay float32)")
     s.add_argument("--amp-dtype", choices=["bf16", "fp16"],
                    help="autocast dtype (implies --amp); fp16 needs CUDA and trains with a GradScaler")
     s.add_argument("--channels-last", action="store_true",
                    help="channels-last (NHWC) memory format for model and images (faster convolutions on GPUs)")
     _add_set(s)
+    _add_launcher(s)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("test", help="evaluate a checkpoint: locdistill test CONFIG CKPT")
@@ -216,15 +225,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="write COCO-format detections to this JSON")
     s.add_argument("--metrics-out", help="write the metrics JSON here (default: next to --out)")
     _add_set(s)
+    _add_launcher(s)
     s.set_defaults(func=cmd_test)
 
     s = sub.add_parser("convert", help="strip teacher weights and training state, publish as OUT-<sha256>.pth",
                        description="Read a locdistill, mmdetection or LD-repo checkpoint, remove teacher weights "
                                    "(teacher*, bbox_head.teacher_models.*), optimizer/scheduler/scaler state and "
-                                   "metadata that is not plain data, and write OUT-<sha256[:8]>.pth.")
+                                   "metadata that is not plain data, and write OUT-<sha256[:8]>.pth (as the LD "
+                                   "code's tools/model_converters/publish_model.py names it). --format mmdet writes "
+                                   "the layout mmdetection and the LD code load.")
     s.add_argument("input", metavar="IN", help="checkpoint to convert")
     s.add_argument("output", metavar="OUT", help="output path; the hash is inserted before .pth")
     s.add_argument("--half", action="store_true", help="store floating-point weights as float16")
+    s.add_argument("--format", choices=["locdistill", "mmdet"], default="locdistill",
+                   help="locdistill (default): {'model', 'meta'}; mmdet: {'meta': {CLASSES, mmdet_version, ...}, "
+                        "'state_dict'} in mmdetection's key names, for mmdetection 2.x/3.x and the LD code "
+                        "(locdistill reads both)")
     s.set_defaults(func=cmd_convert)
 
     s = sub.add_parser("plot", help="draw loss terms, learning rate and AP of a run into a PNG")
@@ -245,17 +261,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("benchmark", help="inference speed (FPS) of a detector: locdistill benchmark CONFIG [CKPT]",
                        description="Images per second of model + post-processing, one image at a time from the "
-                                   "val set (data loading excluded), after a warm-up; as the seed's "
-                                   "tools/benchmark.py. Prints device, threads, image size and AMP.")
+                                   "val set (data loading excluded): 2000 images after 5 warm-up by default, "
+                                   "printed as the seed's tools/benchmark.py does. Prints device, threads, image "
+                                   "size and AMP.")
     s.add_argument("config")
     s.add_argument("checkpoint", nargs="?", help="weights (default: random initialisation)")
     s.add_argument("--compare", nargs="+", metavar=("CONFIG2", "CKPT2"),
                    help="time a second detector on the same images in the same run and print the ratio")
-    s.add_argument("--images", type=int, default=200, help="images timed (default 200)")
+    s.add_argument("--images", type=int, default=2000,
+                   help="images timed (default 2000, as the seed; a smaller val set is cycled through)")
     s.add_argument("--warmup", type=int, default=5, help="images run first and not timed (default 5)")
     s.add_argument("--amp", action="store_true", help="autocast (bfloat16 on CPU, float16 on CUDA)")
     s.add_argument("--synthetic", action="store_true", help="random images at data.img_scale instead of the val set")
     s.add_argument("--log-interval", type=int, default=50, help="print the running FPS every N images")
+    s.add_argument("--fuse-conv-bn", action="store_true",
+                   help="fold BatchNorm layers into the convolutions before them (slightly faster; same outputs)")
     _add_set(s)
     s.set_defaults(func=cmd_benchmark)
 

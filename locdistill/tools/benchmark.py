@@ -4,9 +4,12 @@ One image at a time from the config's val set (or ``--synthetic`` random images 
 ``data.img_scale``): decoding, resizing, normalising, padding and the copy to the device
 happen outside the clock; the clock covers the model's forward pass and the
 post-processing (top-k, decoding, NMS), with the device synchronised before and after.
-The first ``--warmup`` images are not counted; the FPS is ``images / time`` over the next
-``--images`` images, reported every ``--log-interval`` images like the seed
-(``Done image [50/200], fps: 12.3 img / s``) and overall. ``--compare CONFIG2 [CKPT2]``
+The first ``--warmup`` images (default 5) are not counted; the FPS is ``images / time``
+over the next ``--images`` images (default 2000, as the seed, cycling through a smaller val
+set), reported every ``--log-interval`` images and overall in the seed's words
+(``Done image [50 / 2000], fps: 12.3 img / s``, ``Overall fps: 12.3 img / s``).
+``--fuse-conv-bn`` folds each BatchNorm into the convolution before it (the seed's option
+of the same name; the outputs are unchanged up to rounding). ``--compare CONFIG2 [CKPT2]``
 runs a second detector on the same images in the same run, alternating which goes first,
 and prints both and their speed ratio.
 """
@@ -85,6 +88,42 @@ def _amp_context(device: torch.device, amp: bool):
     return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
 
 
+def fuse_conv_bn(model: torch.nn.Module) -> int:
+    """Fold every eval-mode ``BatchNorm2d`` into the plain ``Conv2d`` that feeds it, in place.
+
+    The pairs are found by name inside each module: ``convK`` / ``bnK`` siblings (ResNet's
+    ``conv1``/``bn1``, a block's ``conv2``/``bn2``) and, inside an ``nn.Sequential``, a
+    convolution directly followed by a BatchNorm (``downsample.0`` / ``downsample.1``). The
+    convolution gets the folded weight and bias and the BatchNorm becomes ``nn.Identity``.
+    Deformable convolutions and GroupNorm are left alone. Returns the number of pairs fused.
+    """
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    def fusable(conv, bn) -> bool:
+        return (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
+                and bn.running_mean is not None and conv.out_channels == bn.num_features)
+
+    fused = 0
+    for module in list(model.modules()):
+        children = dict(module.named_children())
+        pairs = []
+        if isinstance(module, nn.Sequential):
+            names = list(children)
+            pairs += [(a, b) for a, b in zip(names, names[1:])]
+        pairs += [("conv" + n[2:], n) for n in children if n.startswith("bn") and "conv" + n[2:] in children]
+        for conv_name, bn_name in pairs:
+            conv, bn = children.get(conv_name), children.get(bn_name)
+            if conv is None or bn is None or not fusable(conv, bn):
+                continue
+            new_conv = fuse_conv_bn_eval(conv.eval(), bn.eval())
+            setattr(module, conv_name, new_conv)
+            setattr(module, bn_name, nn.Identity())
+            children[conv_name], children[bn_name] = new_conv, None
+            fused += 1
+    return fused
+
+
 @torch.inference_mode()
 def _time_one(det: LoadedDetector, images: torch.Tensor, meta: dict, amp: bool) -> float:
     from ..postprocess import postprocess
@@ -99,12 +138,13 @@ def _time_one(det: LoadedDetector, images: torch.Tensor, meta: dict, amp: bool) 
 
 
 def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[Sequence[str]] = None,
-              images: int = 200, warmup: int = 5, amp: bool = False, overrides: Sequence[str] = (),
+              images: int = 2000, warmup: int = 5, amp: bool = False, overrides: Sequence[str] = (),
               synthetic: bool = False, log_interval: int = 50, device: Optional[str] = None,
-              say=print) -> list[BenchmarkResult]:
+              fuse: bool = False, say=print) -> list[BenchmarkResult]:
     """Time ``config`` (and ``compare = [CONFIG2, CKPT2?]``) on ``images`` images after ``warmup``.
 
-    Returns one :class:`BenchmarkResult` per detector; ``say`` receives the report lines.
+    ``fuse`` folds conv + BatchNorm pairs first (:func:`fuse_conv_bn`). Returns one
+    :class:`BenchmarkResult` per detector; ``say`` receives the report lines.
     """
     if images < 1 or warmup < 0:
         raise ConfigError(f"--images must be >= 1 and --warmup >= 0 (got {images}, {warmup})")
@@ -113,6 +153,11 @@ def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[S
         if len(compare) > 2:
             raise ConfigError("--compare takes CONFIG2 and optionally CKPT2")
         dets.append(load_detector(compare[0], compare[1] if len(compare) > 1 else None, overrides, device))
+    if fuse:
+        for d in dets:
+            d.model.eval()
+            n = fuse_conv_bn(d.model)
+            say(f"{d.cfg.name}: fused {n} conv + BatchNorm pairs")
     ckpts = [checkpoint] + ([compare[1] if len(compare) > 1 else None] if compare else [])
     results = [BenchmarkResult(d.cfg.name + ("" if c else " (random weights)")) for d, c in zip(dets, ckpts)]
     if len(results) == 2 and results[0].name == results[1].name:
@@ -144,11 +189,20 @@ def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[S
                 r._hw_sum[1] += batch.shape[-1]
         done = k + 1 - warmup
         if done > 0 and log_interval > 0 and done % log_interval == 0 and done < images:
-            say(", ".join(f"{r.name}: Done image [{done:>4}/{images}], fps: {r.fps:.1f} img / s" for r in results))
+            if len(results) == 1:  # the seed's line, word for word
+                say(f"Done image [{done:<3}/ {images}], fps: {results[0].fps:.1f} img / s")
+            else:
+                say(", ".join(f"{r.name}: Done image [{done:>4}/{images}], fps: {r.fps:.1f} img / s"
+                              for r in results))
     for r in results:
         r.input_hw = (r._hw_sum[0] / r.images, r._hw_sum[1] / r.images)
-        say(f"{r.name}: Overall fps: {r.fps:.2f} img / s ({r.ms_per_image:.1f} ms / image, "
-            f"mean input {r.input_hw[0]:.0f}x{r.input_hw[1]:.0f} padded)")
+        detail = (f"{r.ms_per_image:.1f} ms / image over {r.images} images, "
+                  f"mean input {r.input_hw[0]:.0f}x{r.input_hw[1]:.0f} padded")
+        if len(results) == 1:
+            say(f"Overall fps: {r.fps:.1f} img / s")
+            say(f"{r.name}: {detail}")
+        else:
+            say(f"{r.name}: Overall fps: {r.fps:.2f} img / s ({detail})")
     if len(results) == 2:
         a, b = results
         say(f"speed ratio {b.name} / {a.name}: {b.fps / a.fps:.2f}x (fps), time ratio {b.seconds / a.seconds:.2f}")

@@ -12,6 +12,14 @@ restricted loader of :mod:`locdistill.checkpoint`), removes
 and writes ``{"model": state_dict, "meta": {..., "converted_from": IN's name}}``
 atomically as ``OUT-<sha256[:8]>.pth`` (the hash of the final file, as mmdetection's
 ``publish_model``). The result loads with ``torch.load(weights_only=True)``.
+
+``format="mmdet"`` (``locdistill convert --format mmdet``) writes the same weights in the
+layout of an mmdetection 2.x checkpoint instead, ``{"meta": {..., "CLASSES",
+"mmdet_version"}, "state_dict": ...}``: locdistill's module names are mmdetection's
+(DESIGN §3), so the keys need no renaming and mmdetection 2.x/3.x and the LD code load the
+file with their ``load_checkpoint`` / ``init_detector`` (both take the class names from
+``meta["CLASSES"]`` when the file has no mmengine ``dataset_meta``). locdistill reads it back like any
+mmdetection file (``import-mmdet``, ``test``, a teacher checkpoint).
 """
 from __future__ import annotations
 
@@ -28,10 +36,14 @@ import torch
 from ..checkpoint import UnloadedObject, atomic_torch_save, extract_state_dict, load_checkpoint
 from ..errors import CheckpointError
 
-__all__ = ["ConvertResult", "convert_checkpoint", "is_teacher_key", "publish_path", "safe_metadata", "sha256_file"]
+__all__ = ["FORMATS", "MMDET_VERSION", "ConvertResult", "convert_checkpoint", "mmdet_meta", "is_teacher_key", "publish_path", "safe_metadata", "sha256_file"]
 
 # top-level entries that are weights or metadata; anything else is training state and dropped
 _WEIGHT_ENTRIES = ("model", "state_dict")
+
+FORMATS = ("locdistill", "mmdet")
+# the mmdetection release of the LD code, whose checkpoint layout --format mmdet follows
+MMDET_VERSION = "2.10.0"
 
 
 @dataclass
@@ -46,6 +58,7 @@ class ConvertResult:
     dropped_meta: list[str] = field(default_factory=list)  # metadata keys that were not plain data
     dropped_prefix: str = ""  # "student." when the weights came from a whole Distiller
     meta: dict[str, Any] = field(default_factory=dict)
+    format: str = "locdistill"  # "locdistill" ({"model", "meta"}) or "mmdet" ({"meta", "state_dict"})
 
     def summary(self) -> list[str]:
         """Human-readable lines (printed by the CLI)."""
@@ -62,6 +75,8 @@ class ConvertResult:
         if self.dropped_meta:
             lines.append("dropped metadata that is not plain data: " + ", ".join(self.dropped_meta))
         lines.append(f"kept {self.num_tensors} student tensors; meta: {', '.join(sorted(self.meta))}")
+        if self.format == "mmdet":
+            lines.append("format: mmdet ({'meta', 'state_dict'}), for mmdetection 2.x/3.x and the LD code")
         lines.append(f"sha256 {self.sha256}")
         lines.append(f"wrote {self.path}")
         return lines
@@ -152,15 +167,35 @@ def publish_path(out: str | os.PathLike, sha256: str) -> Path:
     return out.with_name(f"{out.name}-{sha256[:8]}.pth")
 
 
-def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: bool = False) -> ConvertResult:
+def mmdet_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` (plain data) with the entries mmdetection reads: ``CLASSES`` when the class
+    names are known and ``mmdet_version`` (:data:`MMDET_VERSION` unless the file came from
+    mmdetection)."""
+    out = dict(meta)
+    classes = out.get("classes") or out.get("CLASSES") or (out.get("dataset_meta") or {}).get("classes")
+    if isinstance(classes, (list, tuple)) and classes:
+        out["CLASSES"] = tuple(str(c) for c in classes)
+    out.setdefault("mmdet_version", MMDET_VERSION)
+    from .. import __version__
+
+    out.setdefault("locdistill_version", __version__)
+    return out
+
+
+def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: bool = False,
+                       format: str = "locdistill") -> ConvertResult:
     """Strip teacher weights, training state and non-plain metadata from ``src``; publish at ``out``.
 
     ``half`` stores floating-point tensors as float16 (half the size; they are cast back
-    to the model's dtype when loaded).
+    to the model's dtype when loaded). ``format``: ``"locdistill"`` (``{"model", "meta"}``)
+    or ``"mmdet"`` (``{"meta", "state_dict"}`` for mmdetection and the LD code, see the
+    module docstring).
 
     Returns a :class:`ConvertResult`; raises :class:`CheckpointError` naming ``src`` when it
     holds no student weights.
     """
+    if format not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {format!r}; use one of {', '.join(FORMATS)}")
     src = Path(src)
     ckpt = load_checkpoint(src)
     state = extract_state_dict(ckpt, source=f"checkpoint {src}")
@@ -192,7 +227,11 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     meta["converted_from"] = src.name
     if half:
         meta["dtype"] = "float16"
-    obj = {"model": student, "meta": meta}
+    if format == "mmdet":
+        meta = mmdet_meta(meta)
+        obj = {"meta": meta, "state_dict": student}
+    else:
+        obj = {"model": student, "meta": meta}
 
     out = Path(out)
     digests: list[str] = []
@@ -205,4 +244,4 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     digest = digests[0]
     return ConvertResult(path=final, sha256=digest, num_tensors=len(student), stripped=dict(stripped),
                          dropped_entries=dropped_entries, dropped_meta=dropped_meta,
-                         dropped_prefix=dropped_prefix, meta=meta)
+                         dropped_prefix=dropped_prefix, meta=meta, format=format)
