@@ -213,6 +213,39 @@ class DistillConfig:
     crosshead_kd_weight: float = 1.0  # class KD, quality-focal style (0 = off; CrossKD GFL: 1.0)
     crosshead_kd_beta: float = 1.0  # exponent of |sigmoid(s) - sigmoid(t)| (CrossKD GFL: 1)
     crosshead_box_weight: float = 2.0  # GIoU to the teacher's decoded box (0 = off; CrossKD GFL: 2.0)
+    # feature imitation on the FPN maps (the LD code's IMLoss; docs/distillation.md, "Feature imitation"): MSE
+    # between the student's (through a 1x1 adapter when the widths differ) and the teacher's maps on a region.
+    # On when imitation_mode is set and imitation_weight > 0.
+    imitation_mode: str = ""  # "" (off), "fitnet", "inside_gt", "finegrained", "decouple" or "gibox"
+    imitation_weight: float = 0.0  # loss_im weight (LD code, R-50 student: 2.0)
+    imitation_gi_topk: int = 10  # "gibox": GI locations kept per level by the NMS
+    imitation_gi_iou_thr: float = 0.3  # "gibox": NMS IoU threshold
+    imitation_gi_per_image: bool = False  # "gibox": NMS per image (False: over the batch, as the LD code)
+
+    # the regions of locdistill.imitation.IMITATION_MODES (config.py imports no tensor code); not a field
+    _imitation_modes = ("fitnet", "inside_gt", "finegrained", "decouple", "gibox")
+
+    def __post_init__(self) -> None:
+        IMITATION_MODES = self._imitation_modes
+        if self.imitation_mode not in ("",) + IMITATION_MODES:
+            import difflib
+
+            close = difflib.get_close_matches(str(self.imitation_mode), IMITATION_MODES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"config key 'distill.imitation_mode': unknown region {self.imitation_mode!r}{hint}; "
+                              f"use '' (off) or one of {', '.join(IMITATION_MODES)}")
+        number = (int, float)
+        if isinstance(self.imitation_weight, number) and self.imitation_weight < 0:
+            raise ConfigError(f"config key 'distill.imitation_weight': must be >= 0, got {self.imitation_weight}")
+        if isinstance(self.imitation_weight, number) and self.imitation_weight > 0 and not self.imitation_mode:
+            raise ConfigError(f"config key 'distill.imitation_weight' is {self.imitation_weight} but "
+                              f"distill.imitation_mode is '': choose a region ({', '.join(IMITATION_MODES)}) "
+                              "or set the weight to 0")
+        if isinstance(self.imitation_gi_topk, int) and self.imitation_gi_topk < 1:
+            raise ConfigError(f"config key 'distill.imitation_gi_topk': must be >= 1, got {self.imitation_gi_topk}")
+        if isinstance(self.imitation_gi_iou_thr, number) and not 0 < self.imitation_gi_iou_thr <= 1:
+            raise ConfigError("config key 'distill.imitation_gi_iou_thr': must be in (0, 1], got "
+                              f"{self.imitation_gi_iou_thr}")
 
     @classmethod
     def from_recipe(cls, recipe: str, teacher_config: str = "", teacher_checkpoint: str = "", *,
@@ -244,6 +277,11 @@ class DistillConfig:
     def crosshead(self) -> bool:
         """Cross-head distillation is on (one of its weights is non-zero)."""
         return bool(self.crosshead_ld_weight or self.crosshead_kd_weight or self.crosshead_box_weight)
+
+    @property
+    def imitation(self) -> bool:
+        """Feature imitation is on (a region is chosen and its weight is non-zero)."""
+        return bool(self.imitation_mode and self.imitation_weight)
 
 
 @dataclass

@@ -45,8 +45,18 @@ width); ``crosshead_layer`` resolved on each side (a negative index counts from 
 tower, so teacher and student may have different depths); a GFLv2 teacher's cross-head class
 logits are its joint-score logits (:meth:`~locdistill.models.gfl_head.GFLv2Head.head_from`), the
 same score its ``"cls_logits"`` holds.
+
+**Feature imitation** (the LD code's ``IMLoss``; :mod:`locdistill.imitation`) is the other option
+(``imitation=True``): the Distiller taps both necks' outputs (the FPN maps, one ``[B, F, H, W]`` per
+level) during the ordinary forwards and returns them as ``"imitation_feats"`` in the student and
+teacher outputs; the criterion turns them into ``loss_im``. The student's maps go through an
+:class:`ImitationAdapter` first when the FPN widths differ. The LD code has no adapter: its
+students and teachers all have 256-channel FPNs and it compares the maps as they are, which is
+what happens here when the widths are equal.
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor, nn
@@ -125,6 +135,46 @@ class CrossHeadAdapter(nn.Module):
         return [self.cls(x) for x in cls_feats], [self.reg(x) for x in reg_feats]
 
 
+class ImitationAdapter(nn.Module):
+    """Trainable 1×1 conv (student FPN width → teacher FPN width), shared by the levels: ``a(x) = W x + b``.
+
+    The student side of feature imitation when the widths differ (a FitNets-style regressor; the LD
+    code needs none, its FPNs are all 256 wide). Training only, like :class:`CrossHeadAdapter`: it
+    lives on the :class:`Distiller` (``imitation_adapter``), is trained with the student, saved in
+    training checkpoints under ``"distill_state"`` and never in the student's weights.
+    ``forward(feats)`` maps one ``[B, F_s, H, W]`` map per level to ``[B, F_t, H, W]``.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(student_channels, teacher_channels, 1)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        return [self.conv(x) for x in feats]
+
+
+def neck_channels(model: nn.Module, who: str) -> int:
+    """Width of a detector's FPN outputs (``model.neck.out_channels``)."""
+    width = getattr(getattr(model, "neck", None), "out_channels", None)
+    if not isinstance(width, int):
+        raise ConfigError(f"feature imitation needs an FPN neck with `out_channels`; the {who} "
+                          f"({type(model).__name__}) has none; set distill.imitation_mode=''")
+    return width
+
+
+@contextlib.contextmanager
+def _neck_tap(model: nn.Module, store: list | None):
+    """While active, append each output of ``model.neck`` (a list of per-level maps) to ``store``."""
+    if store is None:
+        yield
+        return
+    handle = model.neck.register_forward_hook(lambda module, args, out: store.append(list(out)))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def _head(model: nn.Module, who: str) -> nn.Module:
     head = getattr(model, "bbox_head", None)
     if head is None or not hasattr(head, "head_from"):
@@ -161,10 +211,14 @@ class Distiller(nn.Module):
     computed *with* autograd through the teacher's frozen layers, so gradients reach the student's
     towers (and the adapter) but never the teacher's parameters. When the tower widths differ, a
     :class:`CrossHeadAdapter` (``self.crosshead_adapter``) maps the student's features first.
+
+    ``imitation=True`` turns on feature imitation (module docstring): both outputs then also hold
+    ``"imitation_feats"``, the FPN maps per level (the student's through ``self.imitation_adapter``
+    when the widths differ, with autograd; the teacher's without).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, need_same_classes: bool = True,
-                 crosshead_layer: int | None = None):
+                 crosshead_layer: int | None = None, imitation: bool = False):
         super().__init__()
         check_compatible(student, teacher, need_same_classes)
         self.student = student
@@ -178,13 +232,20 @@ class Distiller(nn.Module):
             s_w, t_w = student.bbox_head.feat_channels, teacher.bbox_head.feat_channels
             if s_w != t_w:
                 self.crosshead_adapter = CrossHeadAdapter(s_w, t_w)
+        self.imitation = bool(imitation)
+        self.imitation_adapter = None
+        if self.imitation:
+            s_w, t_w = neck_channels(student, "student"), neck_channels(teacher, "teacher")
+            if s_w != t_w:
+                self.imitation_adapter = ImitationAdapter(s_w, t_w)
 
     @classmethod
     def from_config(cls, student: nn.Module, teacher: nn.Module, d) -> "Distiller":
         """From a :class:`~locdistill.config.DistillConfig`: same classes only for class KD, cross-head on
-        when one of its weights is non-zero."""
+        when one of its weights is non-zero, feature imitation when ``d.imitation``."""
         return cls(student, teacher, need_same_classes=d.kd_weight > 0,
-                   crosshead_layer=d.crosshead_layer if d.crosshead else None)
+                   crosshead_layer=d.crosshead_layer if d.crosshead else None,
+                   imitation=bool(getattr(d, "imitation", False)))
 
     # mirror the student's attributes so engine code can treat both alike
     @property
@@ -210,6 +271,19 @@ class Distiller(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> tuple[dict, dict]:
+        if not self.imitation:
+            return self._forward_outputs(images)
+        s_taps, t_taps = [], []
+        with _neck_tap(self.student_detector, s_taps), _neck_tap(self.teacher, t_taps):
+            student_out, teacher_out = self._forward_outputs(images)
+        s_feats, t_feats = s_taps[0], t_taps[0]  # the first neck call of each forward
+        if self.imitation_adapter is not None:
+            s_feats = self.imitation_adapter(s_feats)
+        student_out, teacher_out = dict(student_out), dict(teacher_out)
+        student_out["imitation_feats"], teacher_out["imitation_feats"] = s_feats, t_feats
+        return student_out, teacher_out
+
+    def _forward_outputs(self, images: torch.Tensor) -> tuple[dict, dict]:
         if self.crosshead_layers is None:
             student_out = self.student(images)
             with torch.no_grad():
@@ -234,26 +308,36 @@ class Distiller(nn.Module):
         teacher_out["cross_cls_logits"], teacher_out["cross_box_logits"] = cross_cls, cross_box
         return student_out, teacher_out
 
+    def _training_modules(self) -> dict[str, nn.Module]:
+        """The training-only modules by attribute name (unwrapped from DDP)."""
+        out = {}
+        for name in ("crosshead_adapter", "imitation_adapter"):
+            m = getattr(self, name, None)
+            if m is not None:
+                out[name] = getattr(m, "module", m)
+        return out
+
     def training_state_dict(self) -> dict[str, Tensor]:
-        """Weights of the training-only modules (the cross-head adapter), for ``--resume``; ``{}`` if none."""
-        m = self.crosshead_adapter
-        if m is None:
-            return {}
-        m = getattr(m, "module", m)  # DDP
-        return {f"crosshead_adapter.{k}": v.detach().cpu() for k, v in m.state_dict().items()}
+        """Weights of the training-only modules (the cross-head and imitation adapters), for ``--resume``;
+        ``{}`` if none."""
+        return {f"{name}.{k}": v.detach().cpu()
+                for name, m in self._training_modules().items() for k, v in m.state_dict().items()}
 
     def load_training_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Inverse of :meth:`training_state_dict`. An empty ``state`` (a checkpoint written without
-        cross-head) leaves the adapter as initialised."""
-        m = self.crosshead_adapter
-        m = getattr(m, "module", m)
+        """Inverse of :meth:`training_state_dict`. A module the ``state`` holds nothing of (a checkpoint
+        written without it) stays as initialised."""
         if not state:
             return
-        if m is None:
-            raise ConfigError(f"the checkpoint holds training-only modules ({', '.join(sorted(state))}) that "
+        modules = self._training_modules()
+        foreign = sorted(k for k in state if k.split(".", 1)[0] not in modules)
+        if foreign:
+            raise ConfigError(f"the checkpoint holds training-only modules ({', '.join(foreign)}) that "
                               "this run does not have; resume with the distill settings it was written with")
-        prefix = "crosshead_adapter."
-        m.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+        for name, m in modules.items():
+            prefix = name + "."
+            part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            if part:
+                m.load_state_dict(part, strict=True)
 
 
 def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int | None = None) -> nn.Module:

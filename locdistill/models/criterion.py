@@ -1,4 +1,4 @@
-"""GFL criterion: ATSS assignment + QFL / GIoU / DFL, and the LD / VLR / KD terms.
+"""GFL criterion: ATSS assignment + QFL / GIoU / DFL, and the LD / VLR / KD / imitation terms.
 
 Numerics are mmdetection 3.3's ``GFLHead.loss_by_feat`` (DESIGN §4) and the LD code's
 ``LDHead`` (DESIGN §5). Everything is computed densely over the concatenated anchor
@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..boxes import bbox2distance, bbox_diou, bbox_overlaps, box_centers, distance2bbox
+from ..imitation import (IMITATION_MODES, finegrained_region, flatten_features, gi_region, imitation_loss,
+                         inside_gt_region)
 from ..losses import (EPS, distribution_focal_loss, giou_loss, kd_kl_loss, kd_quality_focal_loss,
                       quality_focal_loss)
 from .atss import ATSSAssigner, ATSSResult
@@ -151,6 +153,13 @@ class GFLCriterion:
             terms (:func:`crosshead_terms`; 0 = off); they need ``"cross_cls_logits"`` /
             ``"cross_box_logits"`` in the teacher outputs (a Distiller with ``crosshead_layer``).
         crosshead_ld_temperature, crosshead_kd_beta: their temperature (1) and KD exponent (1).
+        loss_im_weight: feature imitation on the FPN maps (``loss_im``, :mod:`locdistill.imitation`;
+            0 = off); needs ``"imitation_feats"`` in both outputs (a Distiller with ``imitation=True``).
+        imitation_mode: its region: ``"fitnet"``, ``"inside_gt"``, ``"finegrained"``, ``"decouple"``,
+            ``"gibox"`` ("" = off).
+        imitation_gi_topk, imitation_gi_iou_thr, imitation_gi_per_image: the ``"gibox"`` selection
+            (GI boxes kept per level: 10; NMS IoU: 0.3; NMS over the batch's locations of a level, as
+            the LD code, or per image).
 
     The distillation terms are returned only when ``teacher_outputs`` is given, each only
     if its weight is non-zero.
@@ -180,6 +189,11 @@ class GFLCriterion:
         loss_crosshead_box_weight: float = 0.0,
         crosshead_ld_temperature: float = 1.0,
         crosshead_kd_beta: float = 1.0,
+        loss_im_weight: float = 0.0,
+        imitation_mode: str = "",
+        imitation_gi_topk: int = 10,
+        imitation_gi_iou_thr: float = 0.3,
+        imitation_gi_per_image: bool = False,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"GFLCriterion: num_classes must be >= 1, got {num_classes}")
@@ -189,6 +203,9 @@ class GFLCriterion:
             raise ValueError(f"GFLCriterion: ld_reduction must be 'sum' or 'per_image', got {ld_reduction!r}")
         if vlr_iou_mode not in ("diou", "iof"):
             raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
+        if imitation_mode not in ("",) + IMITATION_MODES:
+            raise ValueError(f"GFLCriterion: imitation_mode must be '' or one of {IMITATION_MODES}, "
+                             f"got {imitation_mode!r}")
         self.num_classes = int(num_classes)
         self.reg_max = int(reg_max)
         self.strides = tuple(int(s) for s in strides)
@@ -209,6 +226,11 @@ class GFLCriterion:
                                        "box": loss_crosshead_box_weight}
         self.crosshead_ld_temperature = crosshead_ld_temperature
         self.crosshead_kd_beta = crosshead_kd_beta
+        self.loss_im_weight = loss_im_weight if imitation_mode else 0.0
+        self.imitation_mode = imitation_mode
+        self.imitation_gi_topk = int(imitation_gi_topk)
+        self.imitation_gi_iou_thr = float(imitation_gi_iou_thr)
+        self.imitation_gi_per_image = bool(imitation_gi_per_image)
         self.assigner = ATSSAssigner(topk)
         self._prior_cache: dict = {}
 
@@ -245,6 +267,14 @@ class GFLCriterion:
                 crosshead_ld_temperature=d.crosshead_ld_temperature,
                 crosshead_kd_beta=d.crosshead_kd_beta,
             )
+            if getattr(d, "imitation_mode", ""):
+                args.update(
+                    loss_im_weight=d.imitation_weight,
+                    imitation_mode=d.imitation_mode,
+                    imitation_gi_topk=d.imitation_gi_topk,
+                    imitation_gi_iou_thr=d.imitation_gi_iou_thr,
+                    imitation_gi_per_image=d.imitation_gi_per_image,
+                )
         args.update(kwargs)
         return cls(**args)
 
@@ -408,8 +438,10 @@ class GFLCriterion:
         region = (diou >= 0.25 * thr) & (diou < thr) & t.gt_mask[:, None, :] & t.valid[..., None]
         return torch.where(region, t.assign.ious, torch.zeros((), device=diou.device)).amax(-1)
 
-    def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]]) -> dict[str, Tensor]:
-        """LD on the main region, LD on the VLR and class KD (DESIGN §5), and the cross-head terms."""
+    def distill_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]],
+                       outputs: Optional[Mapping[str, Sequence[Tensor]]] = None) -> dict[str, Tensor]:
+        """LD on the main region, LD on the VLR and class KD (DESIGN §5), the cross-head terms, and
+        feature imitation (which needs the student ``outputs`` for their ``"imitation_feats"``)."""
         t_cls, t_box, _ = self._flatten(teacher_outputs, "teacher")
         if t_box.shape != t.box_logits.shape:
             raise ValueError(
@@ -446,7 +478,48 @@ class GFLCriterion:
             level_pos = torch.zeros(num_levels, device=pos.device).index_add_(0, t.level_ids, pos.sum(0))
             losses["loss_kd"] = self.loss_kd_weight * (kd * pos / (level_pos + EPS)[t.level_ids]).sum()
         losses.update(cross)
+        losses.update(self.imitation_losses(t, outputs, teacher_outputs, t_cls, t_box))
         return losses
+
+    def imitation_region(self, t: GFLTargets, t_cls: Tensor, t_box: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+        """The ``[B, A]`` bool region of ``imitation_mode`` and, for ``"decouple"``, the background."""
+        mode = self.imitation_mode
+        if mode == "fitnet":
+            return t.valid, None
+        if mode in ("inside_gt", "decouple"):
+            fg = inside_gt_region(box_centers(t.anchors), t.gt_boxes, t.gt_mask, t.valid)
+            return fg, (t.valid & ~fg if mode == "decouple" else None)
+        if mode == "finegrained":
+            return finegrained_region(t.assign.ious, t.gt_mask, t.valid), None
+        # "gibox": scores of both sides, boxes decoded in stride units from the anchor centres
+        project = torch.linspace(0, self.reg_max, self.reg_max + 1, device=t_box.device)
+        teacher_boxes = distance2bbox(t.centers, t_box.detach().softmax(-1) @ project)
+        region = gi_region(t.cls_logits.detach().sigmoid(), t_cls.detach().sigmoid(), t.pred_boxes.detach(),
+                           teacher_boxes, t.valid, t.num_level_anchors, self.imitation_gi_topk,
+                           self.imitation_gi_iou_thr, self.imitation_gi_per_image)
+        return region, None
+
+    def imitation_losses(self, t: GFLTargets, outputs: Optional[Mapping[str, Sequence[Tensor]]],
+                         teacher_outputs: Mapping[str, Sequence[Tensor]], t_cls: Tensor,
+                         t_box: Tensor) -> dict[str, Tensor]:
+        """``loss_im`` (when its weight is non-zero): :func:`locdistill.imitation.imitation_loss` on the
+        region of ``imitation_mode``, counting only the levels with a positive in the batch (the LD code)."""
+        if not self.loss_im_weight:
+            return {}
+        s_levels = outputs.get("imitation_feats") if isinstance(outputs, Mapping) else None
+        t_levels = teacher_outputs.get("imitation_feats") if isinstance(teacher_outputs, Mapping) else None
+        if s_levels is None or t_levels is None:
+            raise ValueError("feature imitation is on (loss_im_weight > 0) but the outputs hold no "
+                             "'imitation_feats': build the Distiller with imitation=True")
+        s_feats, t_feats = flatten_features(s_levels), flatten_features(t_levels)  # [B, A, F]
+        if s_feats.shape[:2] != t.valid.shape or s_feats.shape != t_feats.shape:
+            raise ValueError(f"imitation features: student {tuple(s_feats.shape)}, teacher {tuple(t_feats.shape)}, "
+                             f"expected [B, A, F] with [B, A] = {tuple(t.valid.shape)} and equal widths")
+        region, background = self.imitation_region(t, t_cls, t_box)
+        num_levels = len(t.num_level_anchors)
+        level_pos = torch.zeros(num_levels, device=region.device).index_add_(0, t.level_ids, t.pos_mask.float().sum(0))
+        loss = imitation_loss(s_feats, t_feats, region, t.num_level_anchors, background, level_mask=level_pos > 0)
+        return {"loss_im": self.loss_im_weight * loss}
 
     def crosshead_losses(self, t: GFLTargets, teacher_outputs: Mapping[str, Sequence[Tensor]],
                          t_cls: Tensor, t_box: Tensor) -> dict[str, Tensor]:
@@ -480,7 +553,8 @@ class GFLCriterion:
             targets: per image ``{"boxes": [K,4] xyxy pixels, "labels": [K] int64 in 0..C-1}``.
             teacher_outputs: same layout from the teacher (box logits post-``Scale``); adds
                 ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``, and with ``"cross_cls_logits"`` /
-                ``"cross_box_logits"`` (cross-head) ``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box``.
+                ``"cross_box_logits"`` (cross-head) ``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box``;
+                with ``"imitation_feats"`` in both outputs (FPN maps, feature imitation) ``loss_im``.
                 GFLv2 outputs (student or teacher) also hold ``"raw_cls_logits"``: their
                 ``cls_logits`` are then logits of the joint score ``σ(cls)·quality``, so QFL and
                 ``w_p`` run on that score (GFocalV2's QFL on probabilities) and class KD uses the
@@ -495,5 +569,5 @@ class GFLCriterion:
             t = self.get_targets(outputs, targets, image_sizes)
             losses = self.gfl_losses(t)
             if teacher_outputs is not None:
-                losses.update(self.distill_losses(t, teacher_outputs))
+                losses.update(self.distill_losses(t, teacher_outputs, outputs))
         return losses
