@@ -5,6 +5,7 @@ Variants, all on the same schedule as the demo (demo/gfl_r18_digits):
   ld        + main-region LD from the shipped R-34 teacher
   full      + main LD + VLR-LD (0.25) + class KD (T=2) with the paper's weight 10 scaled by
             C/80 to 1.25: our KD is a mean over classes, so 10 was set for COCO's 80 classes
+            (each variant is a recipe, `distill.recipe=NAME`; docs/distillation.md "Recipes")
   ld_t1        main LD at T=1 (the KL of the distributions themselves, not of their tails)
   crosshead    cross-head LD (CrossKD's terms on the student's features run through the
                teacher's head; demo/crosshead_r34_r18_digits), no main LD
@@ -39,21 +40,19 @@ import sys
 import time
 from pathlib import Path
 
+LD = "demo/ld_r34_r18_digits"  # the demo student + the setting's teacher; each variant names its terms
 VARIANTS = {
     "baseline": ("demo/gfl_r18_digits", []),
-    "ld": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0"]),
-    "full": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=1.25"]),
-    "ld_t1": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
-                                         "distill.ld_temperature=1.0"]),
-    "crosshead": ("demo/crosshead_r34_r18_digits", []),
-    "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25"]),
-    "crosshead_full": ("demo/crosshead_r34_r18_digits", ["distill.ld_weight=0.25", "distill.vlr_weight=0.25",
-                                                         "distill.kd_weight=1.25"]),
+    "ld": (LD, ["distill.recipe=ld"]),
+    "full": (LD, ["distill.recipe=full"]),
+    "ld_t1": (LD, ["distill.recipe=ld", "distill.ld_temperature=1.0"]),
+    "crosshead": ("demo/crosshead_r34_r18_digits", ["distill.recipe=crosshead"]),
+    "crosshead_ld": ("demo/crosshead_r34_r18_digits", ["distill.recipe=crosshead_ld"]),
+    "crosshead_full": ("demo/crosshead_r34_r18_digits", ["distill.recipe=crosshead_full"]),
     # diagnostics (not part of the default set)
-    "ld_vlr": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=0.0"]),
-    "full_w10": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.25", "distill.kd_weight=10.0"]),
-    "ld_sum": ("demo/ld_r34_r18_digits", ["distill.vlr_weight=0.0", "distill.kd_weight=0.0",
-                                          "distill.reduction=sum"]),
+    "ld_vlr": (LD, ["distill.recipe=full", "distill.kd_weight=0.0"]),
+    "full_w10": (LD, ["distill.recipe=full", "distill.kd_weight=10.0"]),
+    "ld_sum": (LD, ["distill.recipe=ld", "distill.reduction=sum"]),
 }
 DEFAULT_VARIANTS = ["baseline", "ld", "full"]
 # setting -> (teacher config, its overrides); None: the shipped teacher the LD configs name
