@@ -153,8 +153,8 @@ def main() -> None:
         print(f"| {variant} | {len(r['AP'])} | " + " | ".join(cells) + " |")
     if "baseline" in rows and rows["baseline"]["AP"]:
         base = statistics.mean(rows["baseline"]["AP"])
-        for variant in ("ld", "full"):
-            if variant in rows and rows[variant]["AP"]:
+        for variant in rows:
+            if variant != "baseline" and rows[variant]["AP"]:
                 print(f"\n{variant} − baseline: {statistics.mean(rows[variant]['AP']) - base:+.2f} AP")
 
 
