@@ -163,11 +163,11 @@ def neck_channels(model: nn.Module, who: str) -> int:
 
 
 @contextlib.contextmanager
-def _neck_tap(model: nn.Module, store: list | None):
-    """While active, append each output of ``model.neck`` (a list of per-level maps) to ``store``."""
-    if store is None:
-        yield
-        return
+def _neck_tap(model: nn.Module, store: list):
+    """While active, append each output of ``model.neck`` (a list of per-level maps) to ``store``.
+
+    A forward hook, so the maps are those of the model's own forward (also inside DDP's), with
+    their autograd graph when the forward has one."""
     handle = model.neck.register_forward_hook(lambda module, args, out: store.append(list(out)))
     try:
         yield
