@@ -16,13 +16,12 @@ import torch
 import torchvision
 
 from locdistill.checkpoint import load_checkpoint
-from locdistill.config import DistillConfig, apply_overrides, load_config
+from locdistill.config import DistillConfig, ModelConfig, apply_overrides, load_config
 from locdistill.distill import Distiller, ImitationAdapter
 from locdistill.errors import ConfigError
 from locdistill.imitation import (IMITATION_MODES, finegrained_region, flatten_features, gi_region,
                                   greedy_nms_topk, imitation_loss, inside_gt_region, masked_mse_per_level)
 from locdistill.models import build_detector
-from locdistill.config import ModelConfig
 from locdistill.models.criterion import GFLCriterion
 
 COUNTS = [4, 4]  # anchors per level
