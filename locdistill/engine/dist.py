@@ -200,8 +200,8 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """Wrap the trainable model in DistributedDataParallel (a no-op in a single process).
 
     For a :class:`~locdistill.distill.Distiller` only the **student** is wrapped (and, under
-    cross-head distillation with different tower widths, the student-side ``crosshead_adapter``
-    in its own DDP; ``find_unused_parameters`` because a tower may feed no active loss term): the
+    cross-head distillation or feature imitation with different widths, the student-side
+    ``crosshead_adapter`` / ``imitation_adapter`` each in its own DDP; ``find_unused_parameters`` because a tower may feed no active loss term): the
     frozen teacher is never broadcast or synchronised (each rank loaded the same file).
     Returns the model to train (the Distiller itself when distilling).
     """
@@ -212,7 +212,8 @@ def wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     ids = [device.index] if device.type == "cuda" else None
     if hasattr(model, "student") and hasattr(model, "teacher"):
         model.student = DDP(model.student, device_ids=ids)
-        if getattr(model, "crosshead_adapter", None) is not None:
-            model.crosshead_adapter = DDP(model.crosshead_adapter, device_ids=ids, find_unused_parameters=True)
+        for name in ("crosshead_adapter", "imitation_adapter"):  # student-side modules outside the student
+            if getattr(model, name, None) is not None:
+                setattr(model, name, DDP(getattr(model, name), device_ids=ids, find_unused_parameters=True))
         return model
     return DDP(model, device_ids=ids)

@@ -428,7 +428,8 @@ def build_training(cfg: Config, device: torch.device):
              f"VLR w={d.vlr_weight}, KD w={d.kd_weight} T={d.kd_temperature}, reduction={d.reduction}"
              + (f"; cross-head after tower conv {d.crosshead_layer}: LD w={d.crosshead_ld_weight} "
                 f"T={d.crosshead_ld_temperature}, KD w={d.crosshead_kd_weight}, box w={d.crosshead_box_weight}"
-                if d.crosshead else ""))
+                if d.crosshead else "")
+             + (f"; feature imitation {d.imitation_mode} w={d.imitation_weight}" if d.imitation else ""))
     model = model.to(device)
     criterion = build_criterion(cfg)
     return train_set, val_set, train_loader, val_loader, model, criterion
