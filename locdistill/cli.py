@@ -32,6 +32,13 @@ def _default_work_dir(cfg_name: str) -> Path:
 def cmd_configs(args) -> int:
     from .config import list_configs
 
+    if args.aliases:
+        from .config_aliases import ALIASES
+
+        width = max(map(len, ALIASES))
+        for foreign, name in sorted(ALIASES.items()):
+            print(f"{foreign:<{width}}  {name}")
+        return 0
     for name in list_configs():
         print(name)
     return 0
@@ -325,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_visualize_distribution)
 
     s = sub.add_parser("configs", help="list the shipped configs")
+    s.add_argument("--aliases", action="store_true",
+                   help="list the LD code's, mmdetection's and GFocalV2's config names that map to them instead "
+                        "(docs/from_ld_code.md)")
     s.set_defaults(func=cmd_configs)
     return p
 

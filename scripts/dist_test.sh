@@ -2,6 +2,8 @@
 # Evaluate a checkpoint on GPUS processes; rank 0 gathers the detections and scores them.
 #   scripts/dist_test.sh CONFIG CHECKPOINT GPUS [locdistill test options...]
 # e.g. scripts/dist_test.sh gfl/gfl_r50_fpn_coco_1x work_dirs/gfl_r50/latest.pth 8 --out results.json
+#      scripts/dist_test.sh voc/ld_gflv1_r101_r18_fpn_voc work_dirs/ld_r18_voc/epoch_4.pth 8 --eval mAP
+# (tools/dist_test.sh is this script under the LD code's name; docs/from_ld_code.md)
 set -euo pipefail
 
 if [ "$#" -lt 3 ]; then

@@ -3,7 +3,8 @@
 #   scripts/dist_train.sh CONFIG GPUS [locdistill train options...]
 # e.g. scripts/dist_train.sh ld/ld_gflv1_r101_r50_fpn_coco_1x 8 --work-dir work_dirs/ld_r50 --amp
 # Multi-node: NNODES, NODE_RANK, MASTER_ADDR and PORT from the environment, as in the
-# original LD / mmdetection scripts.
+# original LD / mmdetection scripts. tools/dist_train.sh is this script under the LD code's
+# name (docs/from_ld_code.md).
 set -euo pipefail
 
 if [ "$#" -lt 2 ]; then

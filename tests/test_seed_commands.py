@@ -103,6 +103,14 @@ def test_every_alias_target_loads_and_every_alias_resolves():
             assert _name(resolve_config_path(typed)) == target, typed
 
 
+def test_configs_aliases_lists_the_table(capsys):
+    from locdistill.cli import main
+
+    assert main(["configs", "--aliases"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert dict(rows) == ALIASES
+
+
 def test_an_unknown_name_lists_the_closest_shipped_and_foreign_names():
     with pytest.raises(ConfigError) as e:
         load_config("configs/gfl/gfl_r50_fpn_2x_coco.py")
