@@ -244,7 +244,9 @@ def test_benchmark_script_as_the_seed_types_it(coco, capsys):
                                                  "--fuse-conv-bn", "--cfg-options", *overrides], capsys)
     assert code == 0, out
     assert "fused" in out and "conv + BatchNorm pairs" in out
-    assert "Done image [1  / 3], fps: " in out and "Done image [2  / 3], fps: " in out
+    done = [line for line in out.splitlines() if line.startswith("Done image [")]
+    assert [line.split("]")[0] for line in done] == ["Done image [1  / 3", "Done image [2  / 3", "Done image [3  / 3"]
+    assert all(line.endswith(" img / s") and ", fps: " in line for line in done)
     overall = [line for line in out.splitlines() if line.startswith("Overall fps: ")]
     assert len(overall) == 1 and overall[0].endswith(" img / s") and float(overall[0].split()[2]) > 0
     code, out = _script(TOOLS / "analysis_tools" / "benchmark.py",

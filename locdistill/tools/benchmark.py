@@ -188,8 +188,8 @@ def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[S
                 r._hw_sum[0] += batch.shape[-2]
                 r._hw_sum[1] += batch.shape[-1]
         done = k + 1 - warmup
-        if done > 0 and log_interval > 0 and done % log_interval == 0 and done < images:
-            if len(results) == 1:  # the seed's line, word for word
+        if done > 0 and log_interval > 0 and done % log_interval == 0 and (done < images or len(results) == 1):
+            if len(results) == 1:  # the seed's line, word for word (also at the last image, as the seed)
                 say(f"Done image [{done:<3}/ {images}], fps: {results[0].fps:.1f} img / s")
             else:
                 say(", ".join(f"{r.name}: Done image [{done:>4}/{images}], fps: {r.fps:.1f} img / s"
