@@ -131,7 +131,7 @@ def test_out_of_memory_names_batch_image_size_and_fix(tmp_path, monkeypatch):
 def test_bf16_autocast_step_gives_float32_losses_and_learns():
     """One batch, repeated: under CPU bf16 autocast the losses are float32, finite, and fall."""
     from locdistill.data.loader import build_dataloader, build_dataset
-    from locdistill.engine.train import Precision, targets_to
+    from locdistill.engine.device import Precision, targets_to
     from locdistill.models.build import build_criterion, build_detector
 
     cfg = load_config(CONFIG, _with("train.amp=True"))
@@ -158,7 +158,7 @@ def test_bf16_autocast_step_gives_float32_losses_and_learns():
 
 
 def test_fp16_needs_cuda_and_unknown_dtype(tmp_path):
-    from locdistill.engine.train import Precision
+    from locdistill.engine.device import Precision
 
     with pytest.raises(ConfigError, match="needs a CUDA device"):
         Precision(load_config(CONFIG, ["train.amp=True", "train.amp_dtype=float16"]).train, torch.device("cpu"))

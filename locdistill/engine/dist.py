@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
+from .device import select_device
 
 
 def env_world_size() -> int:
@@ -68,10 +69,8 @@ def init_distributed(device_name: str = "auto", timeout_min: float = 30.0) -> to
     ``device_name`` is ``train.device``: ``auto`` picks CUDA when available. On CUDA
     each process uses GPU ``LOCAL_RANK`` and the NCCL backend; on the CPU, gloo. Already
     initialised groups are kept (a caller may have set one up). In a single process this
-    is :func:`~locdistill.engine.train.select_device`.
+    is :func:`~locdistill.engine.device.select_device`.
     """
-    from .train import select_device  # local import: train imports this module
-
     device = select_device(device_name)
     if env_world_size() <= 1 and not (dist.is_available() and dist.is_initialized()):
         return device

@@ -1,4 +1,5 @@
-"""Console output (rich), progress bars and the ``metrics.jsonl`` log."""
+"""Console output (rich), progress bars, the ``metrics.jsonl`` log and the training loop's
+bookkeeping (:class:`StepMeter`: loss windows, non-finite tracking, skipped steps, timings)."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,21 @@ import textwrap
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from rich.console import Console
 from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
+import torch
 
-from .dist import is_main_process
+from ..config import TrainConfig
+from ..errors import TrainingError
+from .dist import all_reduce_max, all_reduce_mean, all_reduce_min, is_main_process
+
+if TYPE_CHECKING:
+    from .resume import TrainState
 
 console = Console(stderr=False, highlight=False)
 
@@ -259,3 +266,128 @@ def warn(msg: str) -> None:
 
 def is_tty() -> bool:
     return sys.stdout.isatty()
+
+
+# ----------------------------------------------------------------------------- the training loop's bookkeeping
+
+
+def _nonfinite_message(terms: list[str], iteration: int, state: TrainState) -> str:
+    saved, then = state.checkpoint_note()
+    return (f"non-finite loss ({', '.join(terms)}) at iteration {iteration} (epoch {state.epoch + 1}); {saved}. "
+            "Lower the learning rate (--set train.lr=...), add gradient clipping (--set train.grad_clip=35.0), "
+            "check the annotations for degenerate boxes, or skip such steps (--set train.skip_nonfinite=True); "
+            f"then {then}, adding the fix.")
+
+
+class StepMeter:
+    """What ``train_one_epoch`` keeps track of besides training, for one epoch.
+
+    Per step (:meth:`update`) the detached loss terms are added, on the device, to the
+    epoch's sums and to a *window*, and the first iteration at which each term was
+    non-finite is kept, also on the device. The host reads the window only every
+    ``min(train.log_interval, 10)`` global iterations, at each multiple of
+    ``train.log_interval`` and at the last batch (:meth:`step_done`; one all-reduce then
+    under DDP): that read stops the run with a :class:`~locdistill.errors.TrainingError`
+    on a non-finite loss, updates the progress text (:attr:`text`) and, at a log point,
+    writes a ``metrics.jsonl`` record with the mean losses of the steps since the previous
+    record. With ``train.skip_nonfinite`` :meth:`update` reads one flag per step instead
+    (every rank takes the same decision) and counts the skipped steps in ``state.skipped``.
+    Every rank calls the methods at the same iterations (they hold collectives).
+    """
+
+    NEVER = 2**62  # first_bad of a term that was never non-finite
+
+    def __init__(self, train_cfg: TrainConfig, state: TrainState, logger: MetricsLogger | None,
+                 device: torch.device):
+        self.tcfg, self.state, self.logger, self.device = train_cfg, state, logger, device
+        self.terms: list[str] = []  # loss names, fixed at the first step (the total, "loss", last)
+        self.sums: dict[str, torch.Tensor] = {}  # over the applied steps of the epoch, on the device
+        self.n_applied = 0
+        self.window: dict[str, torch.Tensor] = {}  # since the last host read, on the device
+        self.window_n = 0
+        self.since_log: dict[str, float] = {}  # loss sums (host floats) since the last metrics.jsonl record
+        self.since_log_n = 0
+        self.first_bad: torch.Tensor | None = None  # [T] first non-finite iteration of each term (NEVER: none)
+        self.show_every = min(train_cfg.log_interval, 10)
+        self.text = ""  # the progress bar's loss line
+        self.t0 = time.perf_counter()
+        self.data_time = 0.0
+        self.n_run = 0  # steps run in this call
+        self._t_data = self.t0
+
+    def wait_for_data(self) -> None:
+        """The loop asks the loader for the next batch now (data time starts)."""
+        self._t_data = time.perf_counter()
+
+    def data_arrived(self) -> None:
+        self.data_time += time.perf_counter() - self._t_data
+
+    def update(self, losses: dict[str, torch.Tensor]) -> bool:
+        """Track one step's detached losses (with their sum as ``"loss"``); False: skip this step
+        (non-finite under ``train.skip_nonfinite``; counted), True: apply it (added to the sums)."""
+        if not self.terms:
+            self.terms = list(losses)
+            self.first_bad = torch.full((len(self.terms),), self.NEVER, dtype=torch.int64, device=self.device)
+        bad = ~torch.isfinite(torch.stack([losses[k].float() for k in self.terms]))  # [T]
+        if self.tcfg.skip_nonfinite and bool(all_reduce_max(bad.any().to(torch.int32)).item()):
+            self.state.skipped += 1
+            return False
+        self.first_bad = torch.where(bad & (self.first_bad == self.NEVER), self.state.iter + 1, self.first_bad)
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0) + v
+            self.window[k] = self.window.get(k, 0) + v
+        self.window_n += 1
+        self.n_applied += 1
+        return True
+
+    def step_done(self, lr: float, last: bool) -> None:
+        """After ``state.iter`` counted the step: read the window back when it is time (``last``:
+        the epoch's last batch, always a log point). Logged before a Ctrl-C takes effect."""
+        self.n_run += 1
+        log_now = self.state.iter % self.tcfg.log_interval == 0 or last
+        if log_now or self.state.iter % self.show_every == 0:
+            self.text = self._read_window(lr, log_now) or self.text
+            self.window, self.window_n = {}, 0
+
+    def epoch_means(self) -> dict[str, float]:
+        """The mean of each loss term over the applied steps run here, averaged over the ranks."""
+        if not self.sums:
+            return {}
+        means = all_reduce_mean({k: v / max(self.n_applied, 1) for k, v in self.sums.items()})
+        return {k: float(v) for k, v in means.items()}
+
+    def _read_window(self, lr: float, log_now: bool) -> str:
+        """Read the window's mean losses (means over ranks), stop on a non-finite one; at a log point,
+        log the means since the last record. Returns the progress-bar text."""
+        state, tcfg = self.state, self.tcfg
+        data_time, iter_time = self.data_time / self.n_run, (time.perf_counter() - self.t0) / self.n_run
+        if self.first_bad is not None:
+            first = all_reduce_min(self.first_bad)
+            if int(first.min()) < self.NEVER and not tcfg.skip_nonfinite:
+                it = int(first.min())
+                bad_terms = [k for k, f in zip(self.terms, first.tolist()) if f == it]
+                bad_terms = [k for k in bad_terms if k != "loss"] or bad_terms
+                err = TrainingError(_nonfinite_message(bad_terms, it, state))
+                err.quiet = not is_main_process()  # every rank stops; one prints
+                raise err
+        record: dict[str, Any] = {"mode": "train", "epoch": state.epoch + 1, "iter": state.iter, "lr": lr}
+        text = ""
+        if self.window_n:
+            vals = {k: float(v) / self.window_n for k, v in all_reduce_mean(self.window).items()}
+            vals = {k: vals[k] for k in self.terms}  # the criterion's order, total first in the log
+            text = " ".join(f"{k.replace('loss_', '')}={v:.3f}" for k, v in vals.items() if k != "loss")
+            text = f"loss={vals['loss']:.3f} {text} lr={lr:.2e}"
+            for k, v in vals.items():
+                self.since_log[k] = self.since_log.get(k, 0.0) + v * self.window_n
+            self.since_log_n += self.window_n
+        if tcfg.skip_nonfinite and state.skipped:
+            text += f" skipped={state.skipped}"
+        if log_now and self.logger is not None:
+            if self.since_log_n:
+                means = {k: v / self.since_log_n for k, v in self.since_log.items()}
+                record.update(loss=means.pop("loss"), **means)
+            if tcfg.skip_nonfinite:
+                record["skipped"] = state.skipped
+            self.logger.log({**record, "data_time": data_time, "iter_time": iter_time})
+            self.since_log, self.since_log_n = {}, 0
+        return text

@@ -337,7 +337,7 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
 
     from ..data.loader import build_dataloader
     from ..distill import check_compatible
-    from ..engine.train import select_device
+    from ..engine.device import select_device
     from ..models.build import build_criterion
 
     if images is not None and images < 1:

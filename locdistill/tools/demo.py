@@ -48,8 +48,8 @@ def evaluate_checkpoint(config: str, checkpoint: Path, overrides: list[str], dat
     ``data_from``'s data section (the teacher is scored on the student's val images)."""
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..data.loader import build_dataloader, build_dataset
+    from ..engine.device import select_device
     from ..engine.evaluate import evaluate
-    from ..engine.train import select_device
     from ..models.build import build_detector
 
     cfg = load_config(config, overrides)

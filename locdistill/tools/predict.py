@@ -64,7 +64,7 @@ def load_detector(config: str, checkpoint: Optional[str], overrides: Sequence[st
     """
     from ..checkpoint import load_checkpoint, load_model_weights
     from ..config import load_config
-    from ..engine.train import select_device
+    from ..engine.device import select_device
     from ..models.build import build_detector
 
     cfg = load_config(config, list(overrides))
