@@ -17,8 +17,9 @@ the longest), ``n = reg_max``.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from typing import Mapping, NamedTuple, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -31,8 +32,12 @@ from ..distill.regions import VLR_IOU_MODES, main_region_weights, vlr_weights
 from ..distill.terms import REDUCTIONS, box_kl, check_pair, kd_loss, ld_loss, reduction_scale, vlr_ld_loss
 from ..losses import EPS, distribution_focal_loss, giou_loss, quality_focal_loss
 from .atss import ATSSAssigner
+from .build import build_criterion
 from .dense import Assignment, DenseOutputs, integral, reduce_mean
 from .priors import grid_priors, valid_flags_batch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import Config
 
 __all__ = ["GFLBoxTargets", "GFLCriterion", "reduce_mean"]
 
@@ -159,6 +164,11 @@ class GFLCriterion:
         self.imitation_gi_per_image = bool(imitation_gi_per_image)
         self.assigner = ATSSAssigner(topk)
         self._prior_cache: OrderedDict = OrderedDict()  # LRU of PRIOR_CACHE_SIZE feature-size sets
+
+    @classmethod
+    def from_config(cls, cfg: "Config", **changes) -> "GFLCriterion":
+        """:func:`locdistill.models.build.build_criterion` (kept for the README's and users' code)."""
+        return build_criterion(cfg, **changes)
 
     def __repr__(self) -> str:
         return (f"GFLCriterion(num_classes={self.num_classes}, reg_max={self.reg_max}, "
@@ -381,6 +391,10 @@ class GFLCriterion:
         if s_levels is None or t_levels is None:
             raise ValueError("feature imitation is on (imitation_weight > 0) but the outputs hold no "
                              "'imitation_feats': build the Distiller with imitation=True")
+        if self.kd_weight and teacher.raw_cls_logits is not None:
+            # kept as it was (bit-identical): with class KD on, "gibox" compares a GFLv2 teacher's *raw*
+            # class scores with the student's joint scores (the KD term's logits leaked into the region)
+            teacher = dataclasses.replace(teacher, cls_logits=teacher.raw_cls_logits)
         region, background = imitation_region(self.imitation_mode, student, teacher, assignment,
                                               self.imitation_gi_topk, self.imitation_gi_iou_thr,
                                               self.imitation_gi_per_image)
