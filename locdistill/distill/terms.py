@@ -41,14 +41,16 @@ def box_kl(student: DenseOutputs, teacher: DenseOutputs, temperature: float) -> 
     return kd_kl_loss(student.box_logits, teacher.box_logits, temperature).sum(-1)
 
 
-def ld_loss(kl: Tensor, assignment: Assignment, weight: float) -> Tensor:
-    """Main-region LD: ``weight · Σ_a w_a · kl_a / 4`` with ``w_a`` the positives' ``pos_weight``.
+def ld_loss(kl: Tensor, region_weights: Tensor, weight: float) -> Tensor:
+    """Main-region LD: ``weight · Σ_a w_a · kl_a / 4`` with ``w_a`` the main-region weights (the positives'
+    ``pos_weight``, :func:`~.regions.main_region_weights`).
 
     Args:
         kl: ``[B, A]`` from :func:`box_kl` at the LD temperature.
+        region_weights: ``[B, A]``.
         weight: ``ld_weight`` times the :func:`reduction_scale`.
     """
-    return weight * (kl * assignment.pos_weight).sum() / (4 + EPS)
+    return weight * (kl * region_weights).sum() / (4 + EPS)
 
 
 def vlr_ld_loss(kl: Tensor, region_weights: Tensor, weight: float) -> Tensor:

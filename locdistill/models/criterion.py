@@ -346,7 +346,7 @@ class GFLCriterion:
         kl = None
         if self.ld_weight:
             kl = box_kl(student, teacher, self.ld_temperature)  # [B, A]
-            losses["loss_ld"] = ld_loss(kl, assignment, self.ld_weight * scale)
+            losses["loss_ld"] = ld_loss(kl, main_region_weights(assignment), self.ld_weight * scale)
         if self.vlr_weight:
             if kl is None or self.vlr_temperature != self.ld_temperature:
                 kl = box_kl(student, teacher, self.vlr_temperature)
