@@ -268,3 +268,29 @@ def test_no_host_sync_on_cuda():
         sum(losses.values()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_prior_cache_is_bounded_under_multi_scale_sizes():
+    from locdistill.models.criterion import PRIOR_CACHE_SIZE
+
+    crit = GFLCriterion(C)
+    for side in range(1, 2 * PRIOR_CACHE_SIZE + 2):
+        sizes = [(side * 4, side * 4), (side * 2, side * 2), (side, side), (side, side), (side, side)]
+        crit.flatten({"cls_logits": [torch.zeros(1, C, h, w) for h, w in sizes],
+                      "box_logits": [torch.zeros(1, 4 * N1, h, w) for h, w in sizes]})
+        assert len(crit._prior_cache) <= PRIOR_CACHE_SIZE
+    first = next(iter(crit._prior_cache))
+    crit._priors(list(first[0]), torch.device("cpu"))  # a hit moves the entry to the recent end
+    assert next(reversed(crit._prior_cache)) == first
+
+
+def test_assignment_holds_no_graph():
+    outputs, targets = make_outputs(3, 12), make_targets(12)
+    crit = GFLCriterion(C)
+    dense = crit.flatten(outputs)
+    assert dense.cls_logits.requires_grad and dense.box_logits.requires_grad
+    asg = crit.assign(dense, targets)
+    assert not any(getattr(asg, f).requires_grad for f in asg.__dataclass_fields__)
+    with pytest.raises(ValueError, match="requires grad"):
+        type(asg)(**{**{f: getattr(asg, f) for f in asg.__dataclass_fields__},
+                     "pos_weight": dense.cls_logits[..., 0]})
