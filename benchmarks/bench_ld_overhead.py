@@ -30,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locdistill.config import Config  # noqa: E402
+from locdistill.config import Config, DistillConfig  # noqa: E402
 from locdistill.distill import Distiller  # noqa: E402
-from locdistill.models.build import build_detector  # noqa: E402
+from locdistill.models.build import build_criterion, build_detector  # noqa: E402
 from locdistill.models.criterion import GFLCriterion  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,10 +47,9 @@ def build(depth: int) -> torch.nn.Module:
 
 def make_criterion(distill: bool) -> GFLCriterion:
     cfg = Config()
-    if distill:
-        cfg.distill.vlr_weight = 0.25
-        cfg.distill.kd_weight = 10.0
-    return GFLCriterion.from_config(cfg)
+    if distill:  # the LD code's full recipe: main LD + VLR + class KD (no cross-head terms)
+        cfg.distill = DistillConfig.from_recipe("full", num_classes=cfg.model.num_classes)
+    return build_criterion(cfg)
 
 
 class Runner:

@@ -29,8 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locdistill.config import Config  # noqa: E402
 from locdistill.data.loader import collate  # noqa: E402
-from locdistill.models.build import build_detector  # noqa: E402
-from locdistill.models.criterion import GFLCriterion  # noqa: E402
+from locdistill.models.build import build_criterion, build_detector  # noqa: E402
 
 
 def synthetic_batch(batch: int, h: int, w: int, boxes: int, num_classes: int, gen: torch.Generator):
@@ -62,7 +61,7 @@ def main() -> None:
     cfg.model.backbone.depth = args.depth
     cfg.model.num_classes = 80
     model = build_detector(cfg.model).train()
-    criterion = GFLCriterion.from_config(cfg)
+    criterion = build_criterion(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
@@ -76,9 +75,10 @@ def main() -> None:
         t1 = time.perf_counter()
         outputs = model(images)
         t2 = time.perf_counter()
-        tg = criterion.get_targets(outputs, targets, image_sizes=sizes)
+        dense = criterion.flatten(outputs)
+        tg = criterion.assign(dense, targets, image_sizes=sizes)
         t2b = time.perf_counter()
-        losses = criterion.gfl_losses(tg)
+        losses = criterion.gfl_losses(dense, tg)
         loss = sum(losses.values())
         t3 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)

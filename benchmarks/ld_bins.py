@@ -24,10 +24,10 @@ with torch.no_grad():
     for images, targets in dl:
         tg = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
         so, to = S(images), Tm(images)
-        t0 = crit.get_targets(so, tg); pos = t0.pos_mask
-        tt = crit.get_targets(to, tg)
-        d = bbox2distance(t0.centers.expand_as(t0.pred_boxes[..., :2]).reshape(-1, 2), t0.target_boxes.reshape(-1, 4), max_dis=16, eps=0.1).reshape(t0.pred_boxes.shape)[pos].reshape(-1)
-        s = t0.box_logits[pos].reshape(-1, 17); t = tt.box_logits[pos].reshape(-1, 17)
+        sd, td = crit.flatten(so), crit.flatten(to)
+        a0 = crit.assign(sd, tg); t0 = crit.box_targets(sd, a0); pos = a0.pos
+        d = bbox2distance(sd.centers.expand_as(t0.pred_boxes[..., :2]).reshape(-1, 2), t0.target_boxes.reshape(-1, 4), max_dis=16, eps=0.1).reshape(t0.pred_boxes.shape)[pos].reshape(-1)
+        s = sd.box_logits[pos].reshape(-1, 17); t = td.box_logits[pos].reshape(-1, 17)
         bins = torch.arange(17.).expand_as(s)
         near = (bins - d[:, None]).abs() < 1.5
         for T in (1., 3., 5., 10.):

@@ -94,9 +94,10 @@ def main() -> None:
             norms[k].append(float(g.norm()))
             cosines[k].append(float(torch.nn.functional.cosine_similarity(g, gt_grad, dim=0)))
         with torch.no_grad():
-            st = criterion.get_targets(s_out, gt, sizes)
-            tt = criterion.get_targets(t_out, gt, sizes)
-            pos = st.pos_mask
+            sd, td = criterion.flatten(s_out), criterion.flatten(t_out, "teacher")
+            sa = criterion.assign(sd, gt, sizes)  # the assignment depends on the anchors and GTs only
+            st, tt = criterion.box_targets(sd, sa), criterion.box_targets(td, sa)
+            pos = sa.pos
             it = bbox_overlaps(tt.pred_boxes, st.target_boxes, is_aligned=True)[pos]
             is_ = bbox_overlaps(st.pred_boxes, st.target_boxes, is_aligned=True)[pos]
             iou_t += float(it.sum())

@@ -25,11 +25,12 @@ def kl(s, t, T): return (T * T * F.kl_div(F.log_softmax(s / T, 1), F.softmax(t /
 with torch.no_grad():
     for images, targets in dl:
         tg = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
-        to = Tm(images); tt = crit.get_targets(to, tg); pos = tt.pos_mask
-        t = tt.box_logits[pos].reshape(-1, 17)
+        to = crit.flatten(Tm(images)); ta = crit.assign(to, tg); pos = ta.pos
+        tt = crit.box_targets(to, ta)
+        t = to.box_logits[pos].reshape(-1, 17)
         for a, m in zip(acc, S):
-            st = crit.get_targets(m(images), tg)
-            s = st.box_logits[pos].reshape(-1, 17)
+            so = crit.flatten(m(images)); st = crit.box_targets(so, crit.assign(so, tg))
+            s = so.box_logits[pos].reshape(-1, 17)
             ev = lambda x: (F.softmax(x, 1) * proj).sum(1)
             iou = bbox_overlaps(st.pred_boxes, tt.target_boxes, is_aligned=True)[pos]
             a[0] += kl(s, t, 10.).sum().item(); a[1] += kl(s, t, 1.).sum().item()

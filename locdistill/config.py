@@ -222,7 +222,7 @@ class DistillConfig:
     imitation_gi_iou_thr: float = 0.3  # "gibox": NMS IoU threshold
     imitation_gi_per_image: bool = False  # "gibox": NMS per image (False: over the batch, as the LD code)
 
-    # the regions of locdistill.imitation.IMITATION_MODES (config.py imports no tensor code); not a field
+    # the regions of locdistill.distill.imitation.IMITATION_MODES (config.py imports no tensor code); not a field
     _imitation_modes = ("fitnet", "inside_gt", "finegrained", "decouple", "gibox")
 
     def __post_init__(self) -> None:

@@ -89,10 +89,12 @@ def test_teacher_differing_only_in_boxes_keeps_the_class_side(ckpts):
     total, count = 0.0, 0
     with torch.no_grad():
         for images, targets in build_dataloader(data, 3, 0, shuffle=False):
-            tg = criterion.get_targets(student.eval()(images), [{"boxes": t["boxes"], "labels": t["labels"]}
-                                                                 for t in targets], [t["pad_shape"] for t in targets])
-            total += float(tg.scores[tg.pos_mask].sum())
-            count += int(tg.pos_mask.sum())
+            dense = criterion.flatten(student.eval()(images))
+            asg = criterion.assign(dense, [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets],
+                                   [t["pad_shape"] for t in targets])
+            tg = criterion.box_targets(dense, asg)
+            total += float(tg.scores[asg.pos].sum())
+            count += int(asg.pos.sum())
     assert count == b.positives
     assert b.mean_iou_student == pytest.approx(total / count, rel=1e-5)
 

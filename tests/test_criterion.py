@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from locdistill.config import Config
+from locdistill.models.build import build_criterion
 from locdistill.models.criterion import GFLCriterion, reduce_mean
 from slow_reference import load_vectors, slow_criterion
 
@@ -10,6 +11,15 @@ SIZES = [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]  # a 128x128 batch
 STRIDES = (8, 16, 32, 64, 128)
 C = 4
 N1 = 17
+
+
+# the LD code's full recipe (main LD 0.25, VLR 0.25, KD 10), cross-head off
+LD_ARGS = dict(ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0,
+               crosshead_ld_weight=0.0, crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
+
+
+def ld_criterion(num_classes=C, **kw):
+    return GFLCriterion(num_classes, **{**LD_ARGS, **kw})
 
 
 def make_outputs(B, seed, requires_grad=True):
@@ -60,7 +70,7 @@ def test_distill_losses_match_slow_reference(vlr_iou_mode):
     outputs, targets = make_outputs(3, 1), make_targets(1)
     teacher = teacher_of(outputs, 1)
     sizes = [(128, 128), (128, 96), (64, 64)]
-    ours = GFLCriterion(C, vlr_iou_mode=vlr_iou_mode)(outputs, targets, teacher, image_sizes=sizes)
+    ours = ld_criterion(vlr_iou_mode=vlr_iou_mode)(outputs, targets, teacher, image_sizes=sizes)
     ref = slow_criterion(outputs, targets, STRIDES, C, image_sizes=sizes, teacher=teacher,
                          vlr_iof=vlr_iou_mode == "iof")
     assert set(ours) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"}
@@ -71,22 +81,22 @@ def test_distill_losses_match_slow_reference(vlr_iou_mode):
 def test_ld_options():
     outputs, targets = make_outputs(3, 2), make_targets(2)
     teacher = teacher_of(outputs, 2)
-    base = GFLCriterion(C)(outputs, targets, teacher)
-    per_image = GFLCriterion(C, ld_reduction="per_image")(outputs, targets, teacher)
+    base = ld_criterion()(outputs, targets, teacher)
+    per_image = ld_criterion(reduction="per_image")(outputs, targets, teacher)
     for k in ("loss_ld", "loss_ld_vlr"):
         torch.testing.assert_close(per_image[k], base[k])  # 3 images per GPU: the original magnitude
     two = {k: [x[:2] for x in v] for k, v in outputs.items()}
     t2 = {k: [x[:2] for x in v] for k, v in teacher.items()}
-    s2 = GFLCriterion(C)(two, targets[:2], t2)
-    p2 = GFLCriterion(C, ld_reduction="per_image")(two, targets[:2], t2)
+    s2 = ld_criterion()(two, targets[:2], t2)
+    p2 = ld_criterion(reduction="per_image")(two, targets[:2], t2)
     torch.testing.assert_close(p2["loss_ld"], s2["loss_ld"] * 1.5)
-    other_t = GFLCriterion(C, vlr_temperature=5.0)(outputs, targets, teacher)
+    other_t = ld_criterion(vlr_temperature=5.0)(outputs, targets, teacher)
     torch.testing.assert_close(other_t["loss_ld"], base["loss_ld"])
     assert other_t["loss_ld_vlr"].item() != pytest.approx(base["loss_ld_vlr"].item(), rel=1e-3)
-    only_ld = GFLCriterion(C, loss_ld_vlr_weight=0, loss_kd_weight=0)(outputs, targets, teacher)
+    only_ld = ld_criterion(vlr_weight=0, kd_weight=0)(outputs, targets, teacher)
     assert set(only_ld) == {"loss_cls", "loss_bbox", "loss_dfl", "loss_ld"}
     # a teacher identical to the student gives no distillation signal
-    same = GFLCriterion(C)(outputs, targets, {k: [x.detach() for x in v] for k, v in outputs.items()})
+    same = ld_criterion()(outputs, targets, {k: [x.detach() for x in v] for k, v in outputs.items()})
     for k in ("loss_ld", "loss_ld_vlr", "loss_kd"):
         assert abs(same[k].item()) < 1e-4
 
@@ -94,7 +104,7 @@ def test_ld_options():
 def test_empty_gt_everywhere():
     outputs = make_outputs(2, 3)
     empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}] * 2
-    crit = GFLCriterion(C)
+    crit = ld_criterion()
     losses = crit(outputs, empty, teacher_of(outputs, 3))
     assert losses["loss_cls"] > 0
     for k in ("loss_bbox", "loss_dfl", "loss_ld", "loss_ld_vlr", "loss_kd"):
@@ -111,8 +121,8 @@ def test_invariant_to_image_order():
     teacher = teacher_of(outputs, 4)
     sizes = [(128, 128), (64, 128), (96, 64)]
     perm = [2, 0, 1]
-    a = GFLCriterion(C)(outputs, targets, teacher, image_sizes=sizes)
-    b = GFLCriterion(C)({k: [x[perm] for x in v] for k, v in outputs.items()}, [targets[i] for i in perm],
+    a = ld_criterion()(outputs, targets, teacher, image_sizes=sizes)
+    b = ld_criterion()({k: [x[perm] for x in v] for k, v in outputs.items()}, [targets[i] for i in perm],
                         {k: [x[perm] for x in v] for k, v in teacher.items()}, image_sizes=[sizes[i] for i in perm])
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
@@ -121,13 +131,14 @@ def test_invariant_to_image_order():
 def test_gradients_flow_only_through_positives_for_box_losses():
     outputs, targets = make_outputs(3, 5), make_targets(5)
     crit = GFLCriterion(C)
-    t = crit.get_targets(outputs, targets)
-    losses = crit.gfl_losses(t)
+    dense = crit.flatten(outputs)
+    t = crit.assign(dense, targets)
+    losses = crit.gfl_losses(dense, t)
     (losses["loss_bbox"] + losses["loss_dfl"]).backward()
     grad = torch.cat([x.grad.permute(0, 2, 3, 1).reshape(3, -1, 4 * N1) for x in outputs["box_logits"]], 1)
     per_anchor = grad.abs().sum(-1)
-    assert (per_anchor[t.pos_mask] > 0).all()
-    assert (per_anchor[~t.pos_mask] == 0).all()
+    assert (per_anchor[t.pos] > 0).all()
+    assert (per_anchor[~t.pos] == 0).all()
     assert all(x.grad is None for x in outputs["cls_logits"])  # w_p is detached
     losses = crit(make_outputs(3, 5), targets)
     losses["loss_cls"].backward()
@@ -135,15 +146,19 @@ def test_gradients_flow_only_through_positives_for_box_losses():
 
 def test_targets_structure():
     outputs, targets = make_outputs(3, 6), make_targets(6)
-    t = GFLCriterion(C).get_targets(outputs, targets, image_sizes=[(128, 128), (64, 64), (128, 128)])
+    crit = GFLCriterion(C)
+    dense = crit.flatten(outputs)
+    t = crit.assign(dense, targets, image_sizes=[(128, 128), (64, 64), (128, 128)])
+    box = crit.box_targets(dense, t)
     A = sum(h * w for h, w in SIZES)
-    assert t.anchors.shape == (A, 4) and t.labels.shape == (3, A) and t.box_logits.shape == (3, A, 4, N1)
-    assert t.num_pos.tolist() == t.pos_mask.sum(1).tolist()
+    assert t.anchors.shape == (A, 4) and box.labels.shape == (3, A) and dense.box_logits.shape == (3, A, 4, N1)
+    assert t.num_pos.tolist() == t.pos.sum(1).tolist()
     assert t.avg_factor.item() == sum(max(n, 1) for n in t.num_pos.tolist())
-    assert (t.labels[~t.pos_mask] == C).all() and (t.labels[t.pos_mask] < C).all()
-    assert (t.label_weights[1] == t.valid[1].float()).all() and not t.valid[1].all()
-    assert (t.weight_targets[~t.pos_mask] == 0).all() and (t.scores[~t.pos_mask] == 0).all()
-    assert t.assign.thresholds.shape == (3, 5)
+    assert (box.labels[~t.pos] == C).all() and (box.labels[t.pos] < C).all()
+    assert not t.valid[1].all()  # label weights are valid.float()
+    assert (t.pos_weight[~t.pos] == 0).all() and (box.scores[~t.pos] == 0).all()
+    assert t.thresholds.shape == (3, 5)
+    assert not any(getattr(t, f).requires_grad for f in t.__dataclass_fields__)  # targets only
 
 
 def test_outside_anchors_are_ignored():
@@ -151,7 +166,7 @@ def test_outside_anchors_are_ignored():
     sizes = [(128, 128), (64, 64), (32, 96)]
     crit = GFLCriterion(C)
     a = crit(outputs, targets, image_sizes=sizes)
-    t = crit.get_targets(outputs, targets, image_sizes=sizes)
+    t = crit.assign(crit.flatten(outputs), targets, image_sizes=sizes)
     # blow up the class logits of anchors outside each image: nothing may change
     offset, changed = 0, {"cls_logits": [], "box_logits": outputs["box_logits"]}
     for x, (h, w) in zip(outputs["cls_logits"], SIZES):
@@ -169,8 +184,10 @@ def test_integral_decoding_matches_mmdet():
     logits = torch.tensor(r["logits"])  # [3, 68]
     crit = GFLCriterion(2, strides=(8,))
     outputs = {"cls_logits": [torch.zeros(1, 2, 1, 3)], "box_logits": [logits.t().reshape(1, 68, 1, 3)]}
-    t = crit.get_targets(outputs, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
-    dist = torch.cat([t.centers - t.pred_boxes[0, :, :2], t.pred_boxes[0, :, 2:] - t.centers], 1)
+    dense = crit.flatten(outputs)
+    t = crit.assign(dense, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    pred_boxes = crit.box_targets(dense, t).pred_boxes
+    dist = torch.cat([dense.centers - pred_boxes[0, :, :2], pred_boxes[0, :, 2:] - dense.centers], 1)
     torch.testing.assert_close(dist, torch.tensor(r["out"]), rtol=1e-5, atol=2e-6)
 
 
@@ -180,16 +197,16 @@ def test_from_config():
     cfg.model.head.reg_max = 8
     cfg.loss.loss_bbox_weight = 3.0
     cfg.loss.topk = 5
-    crit = GFLCriterion.from_config(cfg)
+    crit = build_criterion(cfg)
     assert (crit.num_classes, crit.reg_max, crit.loss_bbox_weight, crit.assigner.topk) == (7, 8, 3.0, 5)
-    assert GFLCriterion.from_config(cfg, loss_kd_weight=0.5).loss_kd_weight == 0.5
+    assert build_criterion(cfg, kd_weight=0.5).kd_weight == 0.5
     cfg.distill.ld_weight, cfg.distill.vlr_weight, cfg.distill.kd_weight = 0.25, 0.25, 10.0
     cfg.distill.vlr_iou_mode = "iof"
     cfg.distill.reduction = "per_image"
-    crit = GFLCriterion.from_config(cfg)
-    assert (crit.loss_ld_weight, crit.loss_ld_vlr_weight, crit.loss_kd_weight) == (0.25, 0.25, 10.0)
+    crit = build_criterion(cfg)
+    assert (crit.ld_weight, crit.vlr_weight, crit.kd_weight) == (0.25, 0.25, 10.0)
     assert (crit.ld_temperature, crit.vlr_temperature, crit.kd_temperature) == (10.0, 10.0, 2.0)
-    assert (crit.vlr_iou_mode, crit.ld_reduction) == ("iof", "per_image")
+    assert (crit.vlr_iou_mode, crit.reduction) == ("iof", "per_image")
 
 
 def test_autocast_keeps_float32():
@@ -217,9 +234,9 @@ def test_input_errors():
     with pytest.raises(ValueError, match="boxes"):
         crit(outputs, [{"boxes": torch.zeros(4), "labels": torch.zeros(1)}] * 3)
     with pytest.raises(ValueError, match="teacher"):
-        crit(outputs, targets, {k: [x[:, :, :1] for x in v] for k, v in outputs.items()})
-    with pytest.raises(ValueError, match="ld_reduction"):
-        GFLCriterion(C, ld_reduction="mean")
+        ld_criterion()(outputs, targets, {k: [x[:, :, :1] for x in v] for k, v in outputs.items()})
+    with pytest.raises(ValueError, match="reduction"):
+        GFLCriterion(C, reduction="mean")
 
 
 def test_reduce_mean_single_process_group(tmp_path):
@@ -242,7 +259,7 @@ def test_no_host_sync_on_cuda():
     outputs = {k: [x.cuda() for x in v] for k, v in make_outputs(3, 11).items()}
     targets = [{k: v.cuda() for k, v in t.items()} for t in make_targets(11)]
     teacher = teacher_of(outputs, 11)
-    crit = GFLCriterion(C)
+    crit = ld_criterion()
     crit(outputs, targets, teacher, image_sizes=[(128, 128), (64, 128), (96, 64)])  # warm caches
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -251,3 +268,29 @@ def test_no_host_sync_on_cuda():
         sum(losses.values()).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_prior_cache_is_bounded_under_multi_scale_sizes():
+    from locdistill.models.criterion import PRIOR_CACHE_SIZE
+
+    crit = GFLCriterion(C)
+    for side in range(1, 2 * PRIOR_CACHE_SIZE + 2):
+        sizes = [(side * 4, side * 4), (side * 2, side * 2), (side, side), (side, side), (side, side)]
+        crit.flatten({"cls_logits": [torch.zeros(1, C, h, w) for h, w in sizes],
+                      "box_logits": [torch.zeros(1, 4 * N1, h, w) for h, w in sizes]})
+        assert len(crit._prior_cache) <= PRIOR_CACHE_SIZE
+    first = next(iter(crit._prior_cache))
+    crit._priors(list(first[0]), torch.device("cpu"))  # a hit moves the entry to the recent end
+    assert next(reversed(crit._prior_cache)) == first
+
+
+def test_assignment_holds_no_graph():
+    outputs, targets = make_outputs(3, 12), make_targets(12)
+    crit = GFLCriterion(C)
+    dense = crit.flatten(outputs)
+    assert dense.cls_logits.requires_grad and dense.box_logits.requires_grad
+    asg = crit.assign(dense, targets)
+    assert not any(getattr(asg, f).requires_grad for f in asg.__dataclass_fields__)
+    with pytest.raises(ValueError, match="requires grad"):
+        type(asg)(**{**{f: getattr(asg, f) for f in asg.__dataclass_fields__},
+                     "pos_weight": dense.cls_logits[..., 0]})

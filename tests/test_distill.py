@@ -19,6 +19,7 @@ from locdistill.distill import Distiller, build_teacher
 from locdistill.errors import CheckpointError, ConfigError
 from locdistill.losses import ld_kl_loss
 from locdistill.models import build_detector
+from locdistill.distill.regions import vlr_weights
 from locdistill.models.criterion import GFLCriterion
 
 NUM_CLASSES = 3
@@ -66,7 +67,8 @@ def empty_target():
 
 def criterion(**kw):
     """The LD configs' weights: LD 0.25 (T 10), VLR 0.25 (T 10), KD 10 (T 2)."""
-    args = dict(loss_ld_weight=0.25, loss_ld_vlr_weight=0.25, loss_kd_weight=10.0)
+    args = dict(ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0,
+                crosshead_ld_weight=0.0, crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
     args.update(kw)
     return GFLCriterion(NUM_CLASSES, **args)
 
@@ -86,8 +88,8 @@ def test_ld_is_zero_for_an_identical_teacher_and_positive_otherwise():
     s_out, t_out = same(x)
     for a, b in zip(s_out["box_logits"] + s_out["cls_logits"], t_out["box_logits"] + t_out["cls_logits"]):
         assert torch.equal(a, b)  # precondition: the teacher really is the student
-    t = crit.get_targets(s_out, targets)
-    assert t.pos_mask.any() and (crit.vlr_weights(t) > 0).any()  # both regions are non-empty
+    t = crit.assign(crit.flatten(s_out), targets)
+    assert t.pos.any() and (vlr_weights(t, crit.vlr_iou_mode) > 0).any()  # both regions are non-empty
     losses = crit(s_out, targets, t_out)
     for k in LD_KEYS:
         assert losses[k].item() == 0.0, k
@@ -176,7 +178,7 @@ def test_mismatched_teachers_are_config_errors():
     # without class KD a teacher trained on other classes still teaches localisation
     dist = Distiller(tiny(0), tiny(1, num_classes=5), need_same_classes=False)
     s_out, t_out = dist(images())
-    losses = criterion(loss_kd_weight=0.0)(s_out, box_targets(), t_out)
+    losses = criterion(kd_weight=0.0)(s_out, box_targets(), t_out)
     assert "loss_kd" not in losses and losses["loss_ld"] > 0 and losses["loss_ld_vlr"] > 0
 
 
@@ -226,7 +228,7 @@ def test_per_image_reduction_is_batch_size_invariant():
     s4, t4 = dist(torch.cat([x, x]))
     targets4 = targets + targets
     for reduction in ("sum", "per_image"):
-        crit = criterion(ld_reduction=reduction)
+        crit = criterion(reduction=reduction)
         a, b = crit(s2, targets, t2), crit(s4, targets4, t4)
         factor = 2.0 if reduction == "sum" else 1.0
         for k in ("loss_ld", "loss_ld_vlr"):
@@ -237,7 +239,7 @@ def test_per_image_reduction_is_batch_size_invariant():
     x3 = images(3, seed=7)
     targets3 = box_targets() + [{"boxes": torch.tensor([[20.0, 20.0, 50.0, 58.0]]), "labels": torch.tensor([2])}]
     s3, t3 = dist(x3)
-    a, b = criterion(ld_reduction="sum")(s3, targets3, t3), criterion(ld_reduction="per_image")(s3, targets3, t3)
+    a, b = criterion(reduction="sum")(s3, targets3, t3), criterion(reduction="per_image")(s3, targets3, t3)
     for k in ("loss_ld", "loss_ld_vlr"):
         assert a[k] > 0
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=0)
@@ -293,7 +295,9 @@ HAND_IOF = [Fraction(n, 256) for n in (56, 120, 128, 112, 240, 256)]
 
 
 def _hand_case(mode):
-    crit = GFLCriterion(1, strides=(8,), octave_base_scale=2, topk=9, vlr_iou_mode=mode)
+    crit = GFLCriterion(1, strides=(8,), octave_base_scale=2, topk=9, vlr_iou_mode=mode, ld_weight=0.25,
+                        vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0, crosshead_kd_weight=0.0,
+                        crosshead_box_weight=0.0)
     n1 = crit.reg_max + 1
     outputs = {"cls_logits": [torch.zeros(1, 1, 2, 3)], "box_logits": [torch.zeros(1, 4 * n1, 2, 3)]}
     targets = [{"boxes": torch.tensor([HAND_GT]), "labels": torch.tensor([0])}]
@@ -317,23 +321,23 @@ def test_hand_computation_is_self_consistent():
 @pytest.mark.parametrize("mode, expected_region", [("diou", {1, 2, 4}), ("iof", {1, 2, 3})])
 def test_vlr_selection_matches_hand_computation(mode, expected_region):
     crit, outputs, targets = _hand_case(mode)
-    t = crit.get_targets(outputs, targets)
+    t = crit.assign(crit.flatten(outputs), targets)
     assert t.anchors.tolist() == HAND_ANCHORS
 
     ious = [float(v) for v in HAND_IOU]
     thr = statistics.mean(ious) + statistics.stdev(ious)
     assert thr == pytest.approx(0.575059, abs=1e-6)
-    torch.testing.assert_close(t.assign.thresholds[0, 0], torch.tensor(thr), rtol=1e-6, atol=1e-6)
-    assert set(t.pos_mask[0].nonzero().flatten().tolist()) == {4, 5}
+    torch.testing.assert_close(t.thresholds[0, 0], torch.tensor(thr), rtol=1e-6, atol=1e-6)
+    assert set(t.pos[0].nonzero().flatten().tolist()) == {4, 5}
 
     overlap = HAND_IOU if mode == "diou" else HAND_IOF
     region = {i for i in range(6) if 0.25 * thr <= float(overlap[i] - HAND_PENALTY[i]) < thr}
     assert region == expected_region  # the hand table and the expectation agree
     expected = torch.tensor([float(HAND_IOU[i]) if i in region else 0.0 for i in range(6)])
-    weights = crit.vlr_weights(t)[0]
+    weights = vlr_weights(t, crit.vlr_iou_mode)[0]
     torch.testing.assert_close(weights, expected, rtol=1e-6, atol=1e-7)
     if mode == "diou":
-        assert 4 in region and t.pos_mask[0, 4]  # a positive may also be in the VLR
+        assert 4 in region and t.pos[0, 4]  # a positive may also be in the VLR
 
     # loss_ld_vlr = 0.25 * sum_a w_a * sum_sides T^2 mean-bin KL / 16 (DESIGN §5)
     g = torch.Generator().manual_seed(3)

@@ -19,9 +19,11 @@ from locdistill.checkpoint import load_checkpoint
 from locdistill.config import DistillConfig, ModelConfig, apply_overrides, load_config
 from locdistill.distill import Distiller, ImitationAdapter
 from locdistill.errors import ConfigError
-from locdistill.imitation import (IMITATION_MODES, finegrained_region, flatten_features, gi_region,
-                                  greedy_nms_topk, imitation_loss, inside_gt_region, masked_mse_per_level)
+from locdistill.distill.imitation import (IMITATION_MODES, finegrained_region, flatten_features, gi_region,
+                                          greedy_nms_topk, imitation_loss, imitation_region, inside_gt_region,
+                                          masked_mse_per_level)
 from locdistill.models import build_detector
+from locdistill.models.build import build_criterion
 from locdistill.models.criterion import GFLCriterion
 
 COUNTS = [4, 4]  # anchors per level
@@ -263,10 +265,10 @@ def test_full_gi_config_is_the_ld_codes_recipe_with_gi_imitation():
     assert (d.imitation_mode, d.imitation_weight, d.imitation_gi_topk, d.imitation_gi_iou_thr,
             d.imitation_gi_per_image) == ("gibox", 2.0, 10, 0.3, False)
     assert d.teacher_checkpoint == "checkpoints/gfl_r101_fpn_mstrain_2x_coco.pth"
-    crit = GFLCriterion.from_config(cfg)
-    assert (crit.loss_im_weight, crit.imitation_mode, crit.imitation_gi_topk) == (2.0, "gibox", 10)
+    crit = build_criterion(cfg)
+    assert (crit.imitation_weight, crit.imitation_mode, crit.imitation_gi_topk) == (2.0, "gibox", 10)
     # imitation off: the criterion carries no weight even if a mode is left over
-    assert GFLCriterion.from_config(load_config("ld/ld_gflv1_r101_r50_fpn_coco_1x_full")).loss_im_weight == 0.0
+    assert build_criterion(load_config("ld/ld_gflv1_r101_r50_fpn_coco_1x_full")).imitation_weight == 0.0
 
 
 # ----------------------------------------------------------------------------- Distiller + criterion
@@ -297,8 +299,9 @@ def targets():
 
 
 def criterion(mode, weight=2.0, **kw):
-    return GFLCriterion(NUM_CLASSES, loss_ld_weight=0.25, loss_ld_vlr_weight=0.25, loss_kd_weight=1.0,
-                        loss_im_weight=weight, imitation_mode=mode, **kw)
+    return GFLCriterion(NUM_CLASSES, ld_weight=0.25, vlr_weight=0.25, kd_weight=1.0, crosshead_ld_weight=0.0,
+                        crosshead_kd_weight=0.0, crosshead_box_weight=0.0, imitation_weight=weight,
+                        imitation_mode=mode, **kw)
 
 
 def test_distiller_returns_both_fpn_maps_and_removes_its_hooks():
@@ -353,15 +356,17 @@ def test_criterion_loss_im_is_the_formula_on_its_region():
     t_feats = flatten_features(t_out["imitation_feats"])
     for mode in IMITATION_MODES:
         crit = criterion(mode, weight=1.5)
-        t = crit.get_targets(s_out, targets())
-        t_cls, t_box, _ = crit._flatten(t_out, "teacher")
-        region, background = crit.imitation_region(t, t_cls, t_box)
+        student = crit.flatten(s_out)
+        t = crit.assign(student, targets())
+        region, background = imitation_region(mode, student, crit.flatten(t_out, "teacher"), t,
+                                              crit.imitation_gi_topk, crit.imitation_gi_iou_thr,
+                                              crit.imitation_gi_per_image)
         want = 0.0
         start = 0
-        for lvl, n in enumerate(t.num_level_anchors):
+        for lvl, n in enumerate(student.num_level_anchors):
             sl = slice(start, start + n)
             start += n
-            if not t.pos_mask[:, sl].any():
+            if not t.pos[:, sl].any():
                 continue
             def mse(m):
                 d = ((s_feats[:, sl] - t_feats[:, sl]) ** 2).sum(-1)[m[:, sl]]
@@ -375,7 +380,7 @@ def test_criterion_loss_im_is_the_formula_on_its_region():
         if mode == "fitnet":
             assert torch.equal(region, t.valid)
         if mode == "gibox":
-            assert int(region.sum()) <= 10 * len(t.num_level_anchors)
+            assert int(region.sum()) <= 10 * len(student.num_level_anchors)
 
 
 def test_a_training_step_moves_the_student_and_adapter_but_never_the_teacher():

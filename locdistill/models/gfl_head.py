@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .dense import integral
+
 
 def bias_init_with_prob(prior_prob: float) -> float:
     """Bias that makes ``sigmoid(bias) == prior_prob`` (``-log(99)`` for 0.01)."""
@@ -23,7 +25,7 @@ def bias_init_with_prob(prior_prob: float) -> float:
 
 
 def integral_distances(box_logits: Tensor, project: Tensor) -> Tensor:
-    """Expected distance per side: ``softmax(bins) · project``.
+    """Expected distance per side of flat box logits (:func:`locdistill.models.dense.integral`).
 
     Args:
         box_logits: ``[..., 4*(n+1)]`` logits, sides l, t, r, b, bins contiguous per side.
@@ -34,8 +36,7 @@ def integral_distances(box_logits: Tensor, project: Tensor) -> Tensor:
     n1 = project.numel()
     if box_logits.shape[-1] != 4 * n1:
         raise ValueError(f"box logits have {box_logits.shape[-1]} channels in the last dim, expected 4*{n1}")
-    prob = F.softmax(box_logits.reshape(*box_logits.shape[:-1], 4, n1), dim=-1)
-    return prob @ project.to(prob.dtype)
+    return integral(box_logits.reshape(*box_logits.shape[:-1], 4, n1), project)
 
 
 class Integral(nn.Module):

@@ -217,7 +217,7 @@ def mix_levels(student: Sequence[Tensor], teacher: Sequence[Tensor], mask: Tenso
     Args:
         student, teacher: per level ``[B, K, H, W]`` maps (same shapes).
         mask: ``[B, A]`` bool over the locations of all levels (row-major per level, levels
-            concatenated, as :class:`~locdistill.models.criterion.GFLTargets`), ``A = Σ H·W``.
+            concatenated, as :class:`~locdistill.models.dense.DenseOutputs`), ``A = Σ H·W``.
     Returns:
         per level ``[B, K, H, W]``.
     """
@@ -237,7 +237,7 @@ def decode_boxes(box_levels: Sequence[Tensor], centers: Tensor) -> Tensor:
 
     Args:
         box_levels: per level ``[B, 4(n+1), H, W]`` box logits.
-        centers: ``[A, 2]`` location centres in stride units (``GFLTargets.centers``).
+        centers: ``[A, 2]`` location centres in stride units (``DenseOutputs.centers``).
     Returns:
         ``[B, A, 4]`` xyxy boxes in stride units (the expected distance of each side's softmax).
     """
@@ -277,6 +277,7 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
     ``image_ids``; ``boxes`` the :class:`BoxComparison` at the student's positives.
     """
     from ..boxes import bbox_overlaps
+    from ..distill.regions import vlr_weights
     from ..engine.evaluate import image_metas
     from ..engine.logging import make_progress
     from ..postprocess import postprocess
@@ -291,11 +292,13 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
             images = images.to(device)
             s_out, t_out = student(images), teacher(images)
             gt = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-            tg = criterion.get_targets(s_out, gt, [t["pad_shape"] for t in targets])
-            pos, vlr = tg.pos_mask, criterion.vlr_weights(tg) > 0  # [B, A]
+            dense = criterion.flatten(s_out)
+            asg = criterion.assign(dense, gt, [t["pad_shape"] for t in targets])
+            tg = criterion.box_targets(dense, asg)
+            pos, vlr = asg.pos, vlr_weights(asg, criterion.vlr_iou_mode) > 0  # [B, A]
             masks = {"none": torch.zeros_like(pos), "positives": pos, "vlr": vlr, "pos+vlr": pos | vlr,
                      "all": torch.ones_like(pos)}
-            t_boxes = decode_boxes(t_out["box_logits"], tg.centers)  # [B, A, 4]
+            t_boxes = decode_boxes(t_out["box_logits"], dense.centers)  # [B, A, 4]
             boxes.add(bbox_overlaps(t_boxes, tg.target_boxes, is_aligned=True)[pos],
                       bbox_overlaps(tg.pred_boxes, tg.target_boxes, is_aligned=True)[pos])
             metas = image_metas(targets)

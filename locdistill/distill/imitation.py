@@ -1,6 +1,6 @@
 """Feature imitation on FPN features (the LD code's ``IMLoss``): region masks and the masked MSE.
 
-Pure tensor code over the dense anchor axis, like :mod:`locdistill.models.criterion`: per-level
+Pure tensor code over the dense anchor axis (:mod:`locdistill.models.dense`): per-level
 FPN maps are flattened into ``[B, A, F]`` in the same order as the head outputs (levels
 concatenated, row-major inside a level), regions are boolean masks ``[B, A]``, and nothing here
 synchronises with the host or loops over boxes. The functions take plain tensors (features,
@@ -16,7 +16,7 @@ locations of level ``l`` over all images:
     ``loss_im = w · Σ_l  Σ_{(b,a) ∈ R_l} ‖s_ba − t_ba‖² / (|R_l| · F)``
 
 a level with no selected location adds 0. ``s`` are the student's features after the
-:class:`~locdistill.distill.ImitationAdapter` (identity when the widths are equal), ``t`` the
+:class:`ImitationAdapter` (identity when the widths are equal), ``t`` the
 frozen teacher's (detached). It is a mean, so it does not grow with the images per GPU.
 
 **Regions** (``mode``):
@@ -42,12 +42,18 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from .boxes import bbox_overlaps
+from ..boxes import bbox_overlaps, distance2bbox
+from ..errors import ConfigError
+from ..models.dense import Assignment, DenseOutputs, integral
 
 __all__ = [
     "IMITATION_MODES",
+    "ImitationAdapter",
+    "neck_channels",
+    "imitation_region",
+    "imitation_term",
     "flatten_features",
     "level_ids_of",
     "inside_gt_region",
@@ -243,3 +249,81 @@ def imitation_loss(student_feats: Tensor, teacher_feats: Tensor, region: Tensor,
     if level_mask is not None:
         per_level = per_level * level_mask.to(per_level.dtype)
     return per_level.sum()
+
+
+# ----------------------------------------------------------------------------- the student side
+
+
+class ImitationAdapter(nn.Module):
+    """Trainable 1×1 conv (student FPN width → teacher FPN width), shared by the levels: ``a(x) = W x + b``.
+
+    The student side of feature imitation when the widths differ (a FitNets-style regressor; the LD
+    code needs none, its FPNs are all 256 wide). Training only, like :class:`CrossHeadAdapter`: it
+    lives on the :class:`Distiller` (``imitation_adapter``), is trained with the student, saved in
+    training checkpoints under ``"distill_state"`` and never in the student's weights.
+    ``forward(feats)`` maps one ``[B, F_s, H, W]`` map per level to ``[B, F_t, H, W]``.
+    """
+
+    def __init__(self, student_channels: int, teacher_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(student_channels, teacher_channels, 1)
+
+    def forward(self, feats: list[Tensor]) -> list[Tensor]:
+        return [self.conv(x) for x in feats]
+
+
+def neck_channels(model: nn.Module, who: str) -> int:
+    """Width of a detector's FPN outputs (``model.neck.out_channels``)."""
+    width = getattr(getattr(model, "neck", None), "out_channels", None)
+    if not isinstance(width, int):
+        raise ConfigError(f"feature imitation needs an FPN neck with `out_channels`; the {who} "
+                          f"({type(model).__name__}) has none; set distill.imitation_mode=''")
+    return width
+
+
+# ----------------------------------------------------------------------------- on dense outputs
+
+
+def imitation_region(mode: str, student: DenseOutputs, teacher: DenseOutputs, assignment: Assignment,
+                     gi_topk: int = 10, gi_iou_thr: float = 0.3,
+                     gi_per_image: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """The ``[B, A]`` bool region of ``mode`` and, for ``"decouple"``, the background (else None).
+
+    ``"gibox"`` decodes both sides' boxes in stride units from the anchor centres and compares
+    both sides' class scores (all detached); the others read the assignment only.
+    """
+    valid = assignment.valid
+    if mode == "fitnet":
+        return valid, None
+    if mode in ("inside_gt", "decouple"):
+        fg = inside_gt_region(student.points, assignment.gt_boxes, assignment.gt_mask, valid)
+        return fg, (valid & ~fg if mode == "decouple" else None)
+    if mode == "finegrained":
+        return finegrained_region(assignment.anchor_ious, assignment.gt_mask, valid), None
+    if mode != "gibox":
+        raise ValueError(f"imitation mode must be one of {IMITATION_MODES}, got {mode!r}")
+    student_boxes = distance2bbox(student.centers, integral(student.box_logits.detach()))
+    teacher_boxes = distance2bbox(teacher.centers, integral(teacher.box_logits.detach()))
+    region = gi_region(student.cls_logits.detach().sigmoid(), teacher.cls_logits.detach().sigmoid(), student_boxes,
+                       teacher_boxes, valid, student.num_level_anchors, gi_topk, gi_iou_thr, gi_per_image)
+    return region, None
+
+
+def imitation_term(student_levels: Sequence[Tensor], teacher_levels: Sequence[Tensor], region: Tensor,
+                   background: Optional[Tensor], student: DenseOutputs, assignment: Assignment,
+                   weight: float) -> Tensor:
+    """``loss_im = weight · imitation_loss(...)`` on ``region``, counting only the levels with a
+    positive in the batch (the LD code).
+
+    Args:
+        student_levels, teacher_levels: the FPN maps, one ``[B, F, H, W]`` per level (``"imitation_feats"``).
+        region, background: from :func:`imitation_region`.
+    """
+    s_feats, t_feats = flatten_features(student_levels), flatten_features(teacher_levels)  # [B, A, F]
+    if s_feats.shape[:2] != assignment.valid.shape or s_feats.shape != t_feats.shape:
+        raise ValueError(f"imitation features: student {tuple(s_feats.shape)}, teacher {tuple(t_feats.shape)}, "
+                         f"expected [B, A, F] with [B, A] = {tuple(assignment.valid.shape)} and equal widths")
+    counts = student.num_level_anchors
+    level_pos = torch.zeros(len(counts), device=region.device).index_add_(0, student.level_ids,
+                                                                          assignment.pos.float().sum(0))
+    return weight * imitation_loss(s_feats, t_feats, region, counts, background, level_mask=level_pos > 0)

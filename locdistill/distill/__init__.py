@@ -1,0 +1,18 @@
+"""Localization distillation (DESIGN §5, §10).
+
+- :mod:`.teacher`: build the teacher, load it strictly, check it fits the student;
+- :mod:`.distiller`: :class:`Distiller`, the frozen teacher and the student in one module;
+- :mod:`.regions`: where the terms look (main region, VLR, teacher-score weights);
+- :mod:`.terms`: LD, VLR-LD and class KD, pure functions of
+  (student :class:`~locdistill.models.dense.DenseOutputs`, teacher ``DenseOutputs``,
+  :class:`~locdistill.models.dense.Assignment`);
+- :mod:`.crosshead`: cross-head distillation (adapter, feature standardisation, terms);
+- :mod:`.imitation`: feature imitation on the FPN maps (adapter, regions, masked MSE).
+"""
+from .crosshead import CrossHeadAdapter, crosshead_layers, crosshead_terms, match_channel_stats
+from .distiller import Distiller
+from .imitation import IMITATION_MODES, ImitationAdapter, neck_channels
+from .teacher import build_teacher, check_compatible
+
+__all__ = ["IMITATION_MODES", "CrossHeadAdapter", "Distiller", "ImitationAdapter", "build_teacher",
+           "check_compatible", "crosshead_layers", "crosshead_terms", "match_channel_stats", "neck_channels"]

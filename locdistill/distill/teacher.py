@@ -1,0 +1,73 @@
+"""The teacher: build it from its own config, load its checkpoint strictly, check it fits the student.
+
+A teacher that silently failed to load turns LD into plain training (DESIGN §5), so the
+checkpoint is loaded with ``strict=True`` and the start-up checks name the config key to fix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from ..checkpoint import load_checkpoint, load_model_weights
+from ..config import load_config
+from ..errors import ConfigError
+from ..models.build import build_detector
+
+__all__ = ["build_teacher", "check_compatible"]
+
+
+def check_compatible(student: nn.Module, teacher: nn.Module, need_same_classes: bool = True) -> None:
+    """Raise :class:`ConfigError` unless the teacher's outputs can supervise the student.
+
+    Checks equal strides (hence levels), one prior per location, equal ``reg_max`` and,
+    when class KD is on, an equal class count.
+    """
+    s_strides, t_strides = tuple(student.strides), tuple(teacher.strides)
+    if s_strides != t_strides:
+        raise ConfigError(
+            f"teacher and student use different FPN strides/levels (teacher {t_strides}, student {s_strides}); "
+            "set model.head.strides (and model.neck.num_outs) of the student to the teacher's")
+    for name, m in (("student", student), ("teacher", teacher)):
+        n = getattr(m, "num_priors", 1)
+        if n != 1:
+            raise ConfigError(f"the {name} has {n} priors per location; LD needs exactly one (GFL/ATSS style)")
+    if student.reg_max != teacher.reg_max:
+        raise ConfigError(
+            f"teacher reg_max={teacher.reg_max} but student reg_max={student.reg_max}: the box distributions "
+            f"must have the same bins; set model.head.reg_max={teacher.reg_max} in the student config")
+    if need_same_classes and student.num_classes != teacher.num_classes:
+        raise ConfigError(
+            f"class KD needs the same classes: teacher has {teacher.num_classes}, student {student.num_classes}; "
+            "use a teacher trained on the same dataset or set distill.kd_weight=0")
+
+
+
+def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int | None = None) -> nn.Module:
+    """Build the teacher from its own config and load its checkpoint **strictly**.
+
+    ``num_classes`` is taken from the checkpoint's metadata when it records classes,
+    else from ``num_classes`` (the student's dataset).
+    """
+    from ..tools.import_mmdet import checkpoint_num_classes  # tools/ sits below distill/: imported on use
+
+    if not teacher_config or not teacher_checkpoint:
+        raise ConfigError("distillation needs both distill.teacher_config and distill.teacher_checkpoint "
+                          "(e.g. --set distill.teacher_config=gfl/gfl_r101_fpn_mstrain_2x_coco "
+                          "distill.teacher_checkpoint=teacher.pth)")
+    tcfg = load_config(teacher_config)  # an LD config works too: only its `model` section is used
+    if not Path(teacher_checkpoint).is_file():
+        raise ConfigError(
+            f"teacher checkpoint {teacher_checkpoint} does not exist (distill.teacher_checkpoint); download or "
+            "train the teacher first, or pass --set distill.teacher_checkpoint=PATH (see docs/distillation.md)")
+    ckpt = load_checkpoint(teacher_checkpoint)
+    # recorded class names (any of locdistill's / mmdetection's spellings), else the classifier's rows
+    file_classes = checkpoint_num_classes(ckpt)
+    if file_classes:
+        tcfg.model.num_classes = file_classes
+    elif num_classes is not None:
+        tcfg.model.num_classes = num_classes
+    teacher = build_detector(tcfg.model)
+    load_model_weights(teacher, ckpt, strict=True, source=f"teacher checkpoint {teacher_checkpoint}",
+                       teacher_config=teacher_config)
+    return teacher
