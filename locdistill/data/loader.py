@@ -18,7 +18,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from ..errors import ConfigError, LocDistillError
 from .coco import CocoDetection
@@ -60,17 +60,12 @@ class DetectionLoader(DataLoader):
             yield batch
 
 
-def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Uninitialised memory of ``shape`` (the caller writes every element); inside a DataLoader
-    worker moved to shared memory before it is written (``Tensor.share_memory_``), so that
-    handing the filled batch to the main process copies nothing more."""
-    out = torch.empty(shape, dtype=dtype)
-    if torch.utils.data.get_worker_info() is not None:
-        try:
-            out.share_memory_()
-        except RuntimeError:  # shared memory refused: plain memory, which the DataLoader then shares
-            pass
-    return out
+def _zero_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Zeros of ``shape = (B, ...)``, made by torch's ``default_collate`` of ``B`` zero items: inside
+    a DataLoader worker it allocates its output in shared memory, so handing the filled batch to
+    the main process copies nothing more."""
+    zero = torch.zeros((), dtype=dtype).expand(shape[1:])  # one element, no memory of the item's size
+    return default_collate([zero] * shape[0])
 
 
 def _rebuild_targets(items: list) -> list[dict]:
@@ -110,19 +105,14 @@ class BatchTargets(list):
 
 
 def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], normalize: Optional[Normalize]) -> torch.Tensor:
-    """Write ``images [3, h, w]`` into the top-left of ``out [B, 3, Hp, Wp]`` (normalised by
-    ``normalize.normalize_into`` if given, else copied) and zero the rest."""
-    hp, wp = out.shape[-2:]
+    """Write ``images [3, h, w]`` into the top-left of the zeros ``out [B, 3, Hp, Wp]``
+    (normalised by ``normalize.normalize_into`` if given, else copied)."""
     for i, im in enumerate(images):
         h, w = im.shape[-2:]
         if normalize is None:
             out[i, :, :h, :w].copy_(im)
         else:
             normalize.normalize_into(out[i, :, :h, :w], im)
-        if h < hp:  # only the padding is zeroed: the image region is written once
-            out[i, :, h:].zero_()
-        if w < wp:
-            out[i, :, :h, w:].zero_()
     return out
 
 
@@ -153,7 +143,7 @@ def collate(
     shape = (len(images), images[0].shape[0], hp, wp)
     targets = BatchTargets({**t, "pad_shape": p} for t, p in zip(targets, pad_shapes))
     dtype = torch.float32 if normalize is not None else images[0].dtype
-    return _fill_batch(_batch_tensor(shape, dtype), images, normalize), targets
+    return _fill_batch(_zero_batch(shape, dtype), images, normalize), targets
 
 
 def split_normalize_dataset(dataset: Dataset) -> tuple[Dataset, Optional[Normalize]]:
