@@ -546,3 +546,20 @@ def test_loader_batches_equal_hand_computed_normalisation(tmp_path, workers):
             expected[:, :h, :w] = _hand_normalised(image)
             assert torch.equal(images[i], expected)
     del loader
+
+
+def _collate_telling_shared(batch):
+    images, _ = collate(batch, normalize=Normalize())
+    return images.is_shared(), images
+
+
+def test_worker_batches_are_built_in_shared_memory():
+    """In a worker the batch is allocated in shared memory (public API: torch's default_collate), so
+    handing it to the main process copies nothing; in the main process it is ordinary memory."""
+    items = [(torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8), {"img_shape": (20, 30)}) for _ in range(4)]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, num_workers=1, collate_fn=_collate_telling_shared)
+    batches = list(loader)
+    assert len(batches) == 2 and all(shared for shared, _ in batches)
+    for b, (_, images) in enumerate(batches):
+        assert torch.equal(images, collate(items[2 * b: 2 * b + 2], normalize=Normalize())[0])
+    assert not collate(items[:1])[0].is_shared()
