@@ -60,11 +60,19 @@ class DetectionLoader(DataLoader):
             yield batch
 
 
-def _zero_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Zeros of ``shape = (B, ...)``, made by torch's ``default_collate`` of ``B`` zero items: inside
-    a DataLoader worker it allocates its output in shared memory, so handing the filled batch to
-    the main process copies nothing more."""
-    zero = torch.zeros((), dtype=dtype).expand(shape[1:])  # one element, no memory of the item's size
+def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """Memory for a batch of ``shape = (B, ...)``; the caller writes every element.
+
+    In the main process: uninitialised. In a DataLoader worker: in shared memory, so that handing
+    the filled batch to the main process copies nothing more. It is allocated there by torch's
+    own ``default_collate`` (public API), which puts its output in shared memory inside a worker:
+    here the zeros of ``B`` one-element zero items expanded to ``shape[1:]`` (a write of zeros
+    over the batch, cheaper than moving a filled or empty tensor with ``share_memory_()``,
+    which copies it).
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    zero = torch.zeros((), dtype=dtype).expand(shape[1:])
     return default_collate([zero] * shape[0])
 
 
@@ -105,14 +113,19 @@ class BatchTargets(list):
 
 
 def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], normalize: Optional[Normalize]) -> torch.Tensor:
-    """Write ``images [3, h, w]`` into the top-left of the zeros ``out [B, 3, Hp, Wp]``
-    (normalised by ``normalize.normalize_into`` if given, else copied)."""
+    """Write ``images [3, h, w]`` into the top-left of ``out [B, 3, Hp, Wp]`` (normalised by
+    ``normalize.normalize_into`` if given, else copied) and zero the rest."""
+    hp, wp = out.shape[-2:]
     for i, im in enumerate(images):
         h, w = im.shape[-2:]
         if normalize is None:
             out[i, :, :h, :w].copy_(im)
         else:
             normalize.normalize_into(out[i, :, :h, :w], im)
+        if h < hp:  # only the padding is zeroed: the image region is written once
+            out[i, :, h:].zero_()
+        if w < wp:
+            out[i, :, :h, w:].zero_()
     return out
 
 
@@ -143,7 +156,7 @@ def collate(
     shape = (len(images), images[0].shape[0], hp, wp)
     targets = BatchTargets({**t, "pad_shape": p} for t, p in zip(targets, pad_shapes))
     dtype = torch.float32 if normalize is not None else images[0].dtype
-    return _fill_batch(_zero_batch(shape, dtype), images, normalize), targets
+    return _fill_batch(_batch_tensor(shape, dtype), images, normalize), targets
 
 
 def split_normalize_dataset(dataset: Dataset) -> tuple[Dataset, Optional[Normalize]]:
