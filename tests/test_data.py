@@ -12,9 +12,10 @@ from PIL import Image
 from locdistill.config import DataConfig
 from locdistill.data.coco import CocoDetection
 from locdistill.data.loader import (BatchTargets, EpochSampler, SeededDataset, build_dataloader, build_dataset,
-                                    collate, set_epoch)
+                                    collate, set_epoch, split_normalize_dataset)
+from locdistill.data.repeat import RepeatDataset
 from locdistill.data.transforms import (MEAN, STD, Compose, Normalize, RandomFlip, Resize, build_transforms,
-                                        defer_normalize, rescale_size, resize_image)
+                                        rescale_size, resize_image, split_normalize)
 from locdistill.errors import DatasetError
 
 # ----------------------------------------------------------------------------- transforms
@@ -201,31 +202,55 @@ def test_normalize_matches_mmcv_formula_for_uint8_and_channels_last():
     assert torch.allclose(out.double(), (img.double() - mean) / std, atol=1e-5, rtol=0)
 
 
-def test_defer_normalize_only_defers_the_last_step():
+def _hand_normalised(img: torch.Tensor) -> torch.Tensor:
+    """mmcv's ``imnormalize`` written out in numpy float32: ``(x - mean) * float32(1 / float64(std))``."""
+    x = img.numpy().astype(np.float32)
+    mean = np.array(MEAN, dtype=np.float32).reshape(3, 1, 1)
+    stdinv = (1.0 / np.array(STD, dtype=np.float64)).astype(np.float32).reshape(3, 1, 1)
+    return torch.from_numpy(np.ascontiguousarray((x - mean) * stdinv))
+
+
+def test_normalize_is_bit_identical_to_the_hand_computed_formula():
+    img = torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8).permute(2, 0, 1)  # HWC view
+    out, _ = Normalize()(img, {})
+    assert torch.equal(out, _hand_normalised(img))
+
+
+def test_split_normalize_takes_out_only_the_final_normalize():
     img = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)
     norm = Normalize()
-    with defer_normalize():
-        out, t = Compose([Resize((8, 8)), norm])(img, _target([], 8, 8))
-        assert out.dtype == torch.uint8 and t["normalize"] is norm
-        out, t = Compose([norm, lambda i, tg: (i, tg)])(img, _target([], 8, 8))  # not last: applied
-        assert out.dtype == torch.float32 and "normalize" not in t
-        out, t = norm(img, {})  # the whole pipeline
-        assert out.dtype == torch.uint8 and t["normalize"] is norm
-    out, t = Compose([Resize((8, 8)), norm])(img, _target([], 8, 8))
-    assert out.dtype == torch.float32 and "normalize" not in t
+    pipeline = Compose([Resize((8, 8)), norm])
+    head, n = split_normalize(pipeline)
+    assert n is norm and [type(t) for t in head.transforms] == [Resize]
+    assert [type(t) for t in pipeline.transforms] == [Resize, Normalize]  # the pipeline is left as it was
+    out, t = head(img, _target([], 8, 8))
+    assert out.dtype == torch.uint8 and "normalize" not in t
+    assert torch.equal(n(out, t)[0], pipeline(img, _target([], 8, 8))[0])
+    head, n = split_normalize(norm)  # the whole pipeline
+    assert n is norm and head(img, {})[0] is img
+    head, n = split_normalize(Compose([Resize((8, 8)), Compose([RandomFlip(0.0), norm])]))  # nested
+    assert n is norm and head(img, _target([], 8, 8))[0].dtype == torch.uint8
+    not_last = Compose([norm, lambda i, tg: (i, tg)])
+    assert split_normalize(not_last) == (not_last, None) and split_normalize(None) == (None, None)
+    # a transform does the same thing wherever it runs: no ambient state
+    out, t = pipeline(img, _target([], 8, 8))
+    assert out.dtype == torch.float32 and "normalize" not in t and torch.equal(out, _hand_normalised(img))
 
 
-def test_collate_normalises_deferred_items_into_the_batch():
+def test_collate_normalises_into_the_batch():
     norm = Normalize()
     a = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8)
     b = torch.randint(0, 256, (30, 33, 3), dtype=torch.uint8).permute(2, 0, 1)  # channels-last view
-    images, targets = collate([(a, {"img_shape": (50, 70), "normalize": norm}),
-                               (b, {"img_shape": (30, 33), "normalize": norm})])
+    images, targets = collate([(a, {"img_shape": (50, 70)}), (b, {"img_shape": (30, 33)})], normalize=norm)
     assert images.dtype == torch.float32 and images.shape == (2, 3, 64, 96)
     assert torch.equal(images[0, :, :50, :70], norm(a, {})[0]) and torch.equal(images[1, :, :30, :33], norm(b, {})[0])
+    assert torch.equal(images[0, :, :50, :70], _hand_normalised(a))
+    assert torch.equal(images[1, :, :30, :33], _hand_normalised(b))
     assert images[0, :, 50:].abs().sum() == 0 and images[0, :, :, 70:].abs().sum() == 0
     assert images[1, :, 30:].abs().sum() == 0 and images[1, :, :, 33:].abs().sum() == 0
-    assert all("normalize" not in t for t in targets)
+    assert [t["pad_shape"] for t in targets] == [(64, 96), (32, 64)]
+    images, _ = collate([(a, {"img_shape": (50, 70)})])  # without normalize: copied as it is
+    assert images.dtype == torch.uint8 and torch.equal(images[0, :, :50, :70], a)
 
 
 def test_batch_targets_pickle_by_value():
@@ -482,3 +507,59 @@ def test_loader_batches_equal_plain_collate_of_dataset_items(tmp_path, workers):
             assert torch.equal(t["boxes"], r["boxes"]) and torch.equal(t["labels"], r["labels"])
             assert (t["img_shape"], t["pad_shape"], t["flip"]) == (r["img_shape"], r["pad_shape"], r["flip"])
     del loader
+
+
+def test_split_normalize_dataset_views_leave_the_dataset_as_it_was(tmp_path):
+    ds = build_dataset(_digits_cfg(tmp_path, flip_prob=0.0), "train")
+    wrapped = torch.utils.data.Subset(RepeatDataset(ds, 2), [1, len(ds) + 1])
+    view, norm = split_normalize_dataset(wrapped)
+    assert isinstance(norm, Normalize) and norm is ds.transforms.transforms[-1]
+    assert type(view) is torch.utils.data.Subset and view.indices == [1, len(ds) + 1] and len(view) == 2
+    assert type(view.dataset) is RepeatDataset and view.dataset.times == 2 and view.dataset.dataset is not ds
+    assert [type(t) for t in view.dataset.dataset.transforms.transforms] == [Resize]
+    assert [type(t) for t in ds.transforms.transforms] == [Resize, Normalize]  # not modified
+    torch.manual_seed(0)
+    image, t = view[1]
+    torch.manual_seed(0)
+    ref, rt = wrapped[1]
+    assert image.dtype == torch.uint8 and ref.dtype == torch.float32 and t["image_id"] == rt["image_id"]
+    assert torch.equal(norm(image, t)[0], ref) and torch.equal(ref, _hand_normalised(image))
+    bare = RepeatDataset(torch.utils.data.TensorDataset(torch.zeros(2, 3, 4, 4)), 2)  # no Normalize to take out
+    assert split_normalize_dataset(bare) == (bare, None)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_batches_equal_hand_computed_normalisation(tmp_path, workers):
+    """The loader's batches: the uint8 resized/flipped images, normalised by the formula written
+    out in numpy (bit-identical) and zero-padded to 32."""
+    ds = build_dataset(_digits_cfg(tmp_path), "train")
+    loader = build_dataloader(ds, batch_size=4, workers=workers, shuffle=True, seed=2)
+    set_epoch(loader, 1)
+    keys = list(loader.sampler)
+    raw = SeededDataset(split_normalize_dataset(ds)[0])  # the same items, not normalised
+    for b, (images, targets) in enumerate(loader):
+        for i, (key, t) in enumerate(zip(keys[4 * b: 4 * b + 4], targets)):
+            image, rt = raw[key]
+            h, w = t["img_shape"]
+            assert image.dtype == torch.uint8 and rt["img_shape"] == (h, w) and rt["flip"] == t["flip"]
+            expected = torch.zeros(images.shape[1:])
+            expected[:, :h, :w] = _hand_normalised(image)
+            assert torch.equal(images[i], expected)
+    del loader
+
+
+def _collate_telling_shared(batch):
+    images, _ = collate(batch, normalize=Normalize())
+    return images.is_shared(), images
+
+
+def test_worker_batches_are_built_in_shared_memory():
+    """In a worker the batch is allocated in shared memory (public API: torch's default_collate), so
+    handing it to the main process copies nothing; in the main process it is ordinary memory."""
+    items = [(torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8), {"img_shape": (20, 30)}) for _ in range(4)]
+    loader = torch.utils.data.DataLoader(items, batch_size=2, num_workers=1, collate_fn=_collate_telling_shared)
+    batches = list(loader)
+    assert len(batches) == 2 and all(shared for shared, _ in batches)
+    for b, (_, images) in enumerate(batches):
+        assert torch.equal(images, collate(items[2 * b: 2 * b + 2], normalize=Normalize())[0])
+    assert not collate(items[:1])[0].is_shared()

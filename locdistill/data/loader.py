@@ -9,6 +9,7 @@ of workers or DDP processes and after resuming in the middle of an epoch;
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import random
@@ -17,12 +18,13 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, default_collate
 
 from ..errors import ConfigError, LocDistillError
 from .coco import CocoDetection
 from .digits import FreshDigits, ensure_digits
-from .transforms import build_transforms, defer_normalize
+from .repeat import RepeatDataset
+from .transforms import Normalize, build_transforms, split_normalize
 
 
 class WorkerTraceback(Exception):
@@ -59,17 +61,20 @@ class DetectionLoader(DataLoader):
 
 
 def _batch_tensor(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Uninitialised memory of ``shape`` (the caller writes every element); inside a DataLoader
-    worker allocated in shared memory, so handing the batch to the main process needs no extra
-    copy (what ``default_collate`` does too)."""
-    if torch.utils.data.get_worker_info() is not None:
-        try:
-            numel = math.prod(shape)
-            storage = torch.UntypedStorage._new_shared(numel * torch.empty((), dtype=dtype).element_size())
-            return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
-        except (AttributeError, RuntimeError):  # private API gone or shared memory refused: plain memory
-            pass
-    return torch.empty(shape, dtype=dtype)
+    """Memory for a batch of ``shape = (B, ...)``; the caller writes every element.
+
+    In the main process: uninitialised. In a DataLoader worker: in shared memory, so that handing
+    the filled batch to the main process copies nothing more. It is allocated there by torch's
+    own ``default_collate`` (public API), which puts its output in shared memory inside a worker:
+    here the zeros of ``B`` one-element zero items expanded to ``shape[1:]``. That write of zeros
+    over the batch is the price of public APIs (only a private one allocates shared memory
+    without writing it); moving the tensor with ``share_memory_()`` instead copies it, which
+    measured about twice that.
+    """
+    if torch.utils.data.get_worker_info() is None:
+        return torch.empty(shape, dtype=dtype)
+    zero = torch.zeros((), dtype=dtype).expand(shape[1:])
+    return default_collate([zero] * shape[0])
 
 
 def _rebuild_targets(items: list) -> list[dict]:
@@ -108,16 +113,16 @@ class BatchTargets(list):
         return _rebuild_targets, (items,)
 
 
-def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], norms: Sequence) -> torch.Tensor:
+def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], normalize: Optional[Normalize]) -> torch.Tensor:
     """Write ``images [3, h, w]`` into the top-left of ``out [B, 3, Hp, Wp]`` (normalised by
-    ``norms[i].normalize_into`` where not None, else copied) and zero the rest."""
+    ``normalize.normalize_into`` if given, else copied) and zero the rest."""
     hp, wp = out.shape[-2:]
-    for i, (im, norm) in enumerate(zip(images, norms)):
+    for i, im in enumerate(images):
         h, w = im.shape[-2:]
-        if norm is None:
+        if normalize is None:
             out[i, :, :h, :w].copy_(im)
         else:
-            norm.normalize_into(out[i, :, :h, :w], im)
+            normalize.normalize_into(out[i, :, :h, :w], im)
         if h < hp:  # only the padding is zeroed: the image region is written once
             out[i, :, h:].zero_()
         if w < wp:
@@ -126,15 +131,16 @@ def _fill_batch(out: torch.Tensor, images: Sequence[torch.Tensor], norms: Sequen
 
 
 def collate(
-    batch: Sequence[tuple[torch.Tensor, dict]], size_divisor: int = 32
+    batch: Sequence[tuple[torch.Tensor, dict]], size_divisor: int = 32, normalize: Optional[Normalize] = None
 ) -> tuple[torch.Tensor, list[dict]]:
     """Stack ``(image [3,H,W], target)`` items into ``images [B, 3, Hp, Wp]``, zero-padded at
     the bottom/right (after normalisation) to multiples of ``size_divisor``.
 
-    An item whose target holds ``"normalize"`` (a :class:`~locdistill.data.transforms.Normalize`
-    deferred by :func:`~locdistill.data.transforms.defer_normalize`, image still uint8) is
-    normalised straight into its slot of the float32 batch, and the key is dropped; other
-    images are copied as they are (``images`` then has the first image's dtype).
+    With ``normalize`` (a :class:`~locdistill.data.transforms.Normalize`: the loaders of
+    :func:`build_dataloader` pass their dataset's final one, see :func:`split_normalize_dataset`)
+    each image (uint8, any layout) is normalised straight into its slot of the float32 batch:
+    the same values as ``normalize(image)``, written once. Without it the images are copied
+    as they are (``images`` then has the first image's dtype).
     Each target gets ``pad_shape (h, w)``: its own ``img_shape`` rounded up to ``size_divisor``.
     The targets come as a :class:`BatchTargets` list, which a worker process hands over by
     value (one shared-memory block per batch, the images, instead of one per tensor).
@@ -148,13 +154,38 @@ def collate(
         for im in images
     ]
     hp, wp = max(p[0] for p in pad_shapes), max(p[1] for p in pad_shapes)
-    norms = [t.get("normalize") for t in targets]
     shape = (len(images), images[0].shape[0], hp, wp)
-    targets = BatchTargets(
-        {**{k: v for k, v in t.items() if k != "normalize"}, "pad_shape": p} for t, p in zip(targets, pad_shapes)
-    )
-    dtype = torch.float32 if any(n is not None for n in norms) else images[0].dtype
-    return _fill_batch(_batch_tensor(shape, dtype), images, norms), targets
+    targets = BatchTargets({**t, "pad_shape": p} for t, p in zip(targets, pad_shapes))
+    dtype = torch.float32 if normalize is not None else images[0].dtype
+    return _fill_batch(_batch_tensor(shape, dtype), images, normalize), targets
+
+
+def split_normalize_dataset(dataset: Dataset) -> tuple[Dataset, Optional[Normalize]]:
+    """``(view, normalize)``: a dataset whose pipeline ends in a
+    :class:`~locdistill.data.transforms.Normalize` (:func:`build_dataset`'s, or a dataset
+    made with ``transforms=None``) as a view that yields the images before that step
+    (uint8), and that ``Normalize``, which :func:`collate` then applies to the batch.
+
+    The view is a shallow copy whose ``transforms`` is the pipeline without its final
+    ``Normalize`` (:func:`~locdistill.data.transforms.split_normalize`); the wrappers
+    :class:`~locdistill.data.repeat.RepeatDataset` and ``torch.utils.data.Subset`` are
+    copied around a view of the dataset they wrap. ``dataset`` itself is not modified
+    (``dataset[i]`` stays normalised). Any other dataset gives ``(dataset, None)``: its
+    items are batched as they are.
+    """
+    if isinstance(dataset, (RepeatDataset, Subset)):
+        inner, normalize = split_normalize_dataset(dataset.dataset)
+        if normalize is None:
+            return dataset, None
+        view = copy.copy(dataset)
+        view.dataset = inner
+        return view, normalize
+    head, normalize = split_normalize(vars(dataset).get("transforms") if hasattr(dataset, "__dict__") else None)
+    if normalize is None:
+        return dataset, None
+    view = copy.copy(dataset)
+    view.transforms = head
+    return view, normalize
 
 
 def build_dataset(data_cfg, split: str):
@@ -205,8 +236,6 @@ def build_dataset(data_cfg, split: str):
     if train and data_cfg.repeat != 1:
         if data_cfg.repeat < 1:
             raise ConfigError(f"data.repeat={data_cfg.repeat} must be >= 1 (the training set's repetitions per epoch)")
-        from .repeat import RepeatDataset
-
         dataset = RepeatDataset(dataset, data_cfg.repeat)
     return dataset
 
@@ -291,15 +320,10 @@ class SeededDataset(Dataset):
     """Wraps a dataset so that ``dataset[(index, seed)]`` runs its random transforms from
     ``torch.manual_seed(seed)``; the caller's (or worker's) global torch generator is
     left as it was. Keys come from an :class:`EpochSampler` with ``seeded=True``.
-
-    With ``defer_normalize`` the items are read inside
-    :func:`~locdistill.data.transforms.defer_normalize`: a final ``Normalize`` is left to
-    :func:`collate` (which must then batch them), so the images come out uint8.
     """
 
-    def __init__(self, dataset: Dataset, defer_normalize: bool = False):
+    def __init__(self, dataset: Dataset):
         self.dataset = dataset
-        self.defer_normalize = bool(defer_normalize)
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -310,9 +334,6 @@ class SeededDataset(Dataset):
         saved = gen.get_state()  # (much cheaper than torch.random.fork_rng + torch.manual_seed)
         gen.manual_seed(seed)
         try:
-            if self.defer_normalize:
-                with defer_normalize():
-                    return self.dataset[index]
             return self.dataset[index]
         except LocDistillError as e:
             if torch.utils.data.get_worker_info() is None:
@@ -348,8 +369,10 @@ def build_dataloader(
     persistent when ``workers > 0``. Each item's random transforms are seeded from
     ``(seed, epoch, index)`` (:class:`SeededDataset`), so the batches of an epoch do not
     depend on the number of workers or processes, nor on where a run was resumed;
-    ``loader.dataset`` is that wrapper (the original is ``loader.dataset.dataset``). The
-    dataset's final ``Normalize`` is applied by :func:`collate`, straight into the batch.
+    ``loader.dataset`` is that wrapper. The dataset's final ``Normalize`` is taken out of
+    its pipeline (``loader.dataset.dataset`` is the view of :func:`split_normalize_dataset`,
+    which yields uint8 images) and applied by :func:`collate`, straight into the batch:
+    the batches hold the same values as collating the normalised ``dataset[i]``.
     A LocDistillError raised by the dataset in a worker is raised by the loader in the main
     process unchanged (:class:`DetectionLoader`).
     """
@@ -358,12 +381,13 @@ def build_dataloader(
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world, seeded=True)
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    items, normalize = split_normalize_dataset(dataset)
     return DetectionLoader(
-        SeededDataset(dataset, defer_normalize=True),
+        SeededDataset(items),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=functools.partial(collate, size_divisor=size_divisor),
+        collate_fn=functools.partial(collate, size_divisor=size_divisor, normalize=normalize),
         drop_last=drop_last,
         persistent_workers=workers > 0,
         worker_init_fn=worker_init_fn,

@@ -8,18 +8,21 @@ pixels, ``labels [K]`` and the image metadata ``ori_shape``, ``img_shape``,
 As in mmdetection, the image stays uint8 (0..255) through :class:`Resize` and
 :class:`RandomFlip` (mmcv resizes the uint8 array with cv2's bilinear, no antialias) and
 becomes float32 only in :class:`Normalize`, the last step: ``(x - mean) * (1 / std)``
-into a contiguous ``[3, H, W]`` float32 tensor, or, in the data loaders, straight into
-the padded batch (:func:`defer_normalize`). Besides being closer to mmdetection, this
+into a contiguous ``[3, H, W]`` float32 tensor. Besides being closer to mmdetection, this
 is 4x less memory traffic than resizing and flipping float32 images.
+
+A transform does the same thing wherever it runs. The data loaders do not run the final
+``Normalize`` per image: :func:`split_normalize` separates it from the pipeline, the
+datasets of a loader yield the uint8 images, and the loader's collate function applies
+that ``Normalize`` explicitly, straight into the padded float32 batch
+(:func:`locdistill.data.loader.collate`, same values as normalising each image).
 
 Randomness (the multi-scale draw, the flip) uses torch's global generator, which the
 data loader seeds per worker (see :mod:`locdistill.data.loader`).
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -29,26 +32,6 @@ MEAN = (123.675, 116.28, 103.53)  # RGB, mmdetection/ImageNet statistics in 0..2
 STD = (58.395, 57.12, 57.375)
 
 Transform = Callable[[torch.Tensor, dict], "tuple[torch.Tensor, dict]"]
-
-# True inside :func:`defer_normalize`: the final Normalize of a pipeline hands its work to collate.
-_DEFER_NORMALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("locdistill_defer_normalize", default=False)
-
-
-@contextlib.contextmanager
-def defer_normalize(enabled: bool = True) -> Iterator[None]:
-    """While active, a :class:`Normalize` that is the last step of the pipeline (or the whole
-    pipeline) returns the image unchanged (uint8 ``[3, H, W]``) and records itself in
-    ``target["normalize"]``; :func:`locdistill.data.loader.collate` then normalises the image
-    straight into the float32 batch (one write of the float pixels instead of two). The
-    loaders of :func:`~locdistill.data.loader.build_dataloader` use it; ``dataset[i]``
-    outside it is normalised as usual.
-    """
-    token = _DEFER_NORMALIZE.set(bool(enabled))
-    try:
-        yield
-    finally:
-        _DEFER_NORMALIZE.reset(token)
-
 
 def _numpy_view(boxes: torch.Tensor) -> Optional[np.ndarray]:
     """``boxes [K, 4]`` as a numpy view when it is a plain CPU float32 tensor, else None.
@@ -80,16 +63,7 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-        steps = self.transforms
-        if len(steps) > 1 and _DEFER_NORMALIZE.get():
-            token = _DEFER_NORMALIZE.set(False)  # only the last step may defer its normalisation
-            try:
-                for t in steps[:-1]:
-                    image, target = t(image, target)
-            finally:
-                _DEFER_NORMALIZE.reset(token)
-            return steps[-1](image, target)
-        for t in steps:
+        for t in self.transforms:
             image, target = t(image, target)
         return image, target
 
@@ -194,8 +168,8 @@ class Normalize:
     ``image [3, H, W]`` of any dtype and layout (uint8 from the decoder or
     :class:`Resize`, possibly a channels-last view) -> a new contiguous ``[3, H, W]``
     float32 tensor: one conversion pass into fresh memory, then subtraction and
-    multiplication in place (:meth:`normalize_into`). Inside :func:`defer_normalize`
-    the image is returned unchanged with ``target["normalize"] = self`` instead.
+    multiplication in place (:meth:`normalize_into`, which the loaders' collate function
+    calls to write the image straight into its slot of the batch).
     """
 
     def __init__(self, mean: Sequence[float] = MEAN, std: Sequence[float] = STD):
@@ -213,8 +187,6 @@ class Normalize:
         return out.sub_(mean).mul_(stdinv)
 
     def __call__(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-        if _DEFER_NORMALIZE.get():
-            return image, dict(target, normalize=self)
         out = torch.empty(image.shape, dtype=torch.float32, device=image.device)
         return self.normalize_into(out, image), target
 
@@ -231,3 +203,23 @@ def build_transforms(data_cfg, train: bool) -> Compose:
         steps.append(RandomFlip(data_cfg.flip_prob))
     steps.append(Normalize())
     return Compose(steps)
+
+
+def split_normalize(transforms: Optional[Transform]) -> tuple[Optional[Transform], Optional[Normalize]]:
+    """``(head, normalize)``: a pipeline whose last step is a :class:`Normalize` split into
+    the steps before it and that ``Normalize``, so that ``head`` then ``normalize`` does
+    what ``transforms`` does. ``head`` is a new :class:`Compose` (``transforms`` is left
+    as it is; a pipeline that is only a ``Normalize`` gives an empty ``Compose``), and a
+    nested ``Compose`` ending in a ``Normalize`` is split the same way. Any other
+    ``transforms`` (including None) gives ``(transforms, None)``.
+    """
+    if isinstance(transforms, Normalize):
+        return Compose([]), transforms
+    if isinstance(transforms, Compose) and transforms.transforms:
+        *steps, last = transforms.transforms
+        if isinstance(last, Normalize):
+            return Compose(steps), last
+        last_head, normalize = split_normalize(last)
+        if normalize is not None:
+            return Compose(steps + [last_head]), normalize
+    return transforms, None
