@@ -11,7 +11,7 @@ from torch import nn
 
 from ..config import Config
 from ..evaluation.coco import coco_evaluate, detections_to_coco
-from ..postprocess import postprocess
+from ..models.postprocess import postprocess
 from . import dist
 from .logging import make_progress, warn
 

@@ -126,7 +126,7 @@ def fuse_conv_bn(model: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def _time_one(det: LoadedDetector, images: torch.Tensor, meta: dict, amp: bool) -> float:
-    from ..postprocess import postprocess
+    from ..models.postprocess import postprocess
 
     _sync(det.device)
     t0 = time.perf_counter()

@@ -280,7 +280,7 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
     from ..distill.regions import vlr_weights
     from ..engine.evaluate import image_metas
     from ..engine.logging import make_progress
-    from ..postprocess import postprocess
+    from ..models.postprocess import postprocess
 
     detections: dict[str, list] = {n: [] for n in VARIANTS}
     image_ids: list[int] = []

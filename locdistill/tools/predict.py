@@ -114,7 +114,7 @@ def prepare_image(pil: Image.Image, cfg) -> tuple[torch.Tensor, dict]:
 @torch.no_grad()
 def detect(det: LoadedDetector, pil: Image.Image) -> dict[str, torch.Tensor]:
     """Detections of one image: ``boxes [K, 4]`` (original pixels), ``scores [K]``, ``labels [K]`` (CPU)."""
-    from ..postprocess import postprocess
+    from ..models.postprocess import postprocess
 
     images, meta = prepare_image(pil, det.cfg)
     outputs = det.model(images.to(det.device))
