@@ -7,12 +7,19 @@
   (student :class:`~locdistill.models.dense.DenseOutputs`, teacher ``DenseOutputs``,
   :class:`~locdistill.models.dense.Assignment`);
 - :mod:`.crosshead`: cross-head distillation (adapter, feature standardisation, terms);
-- :mod:`.imitation`: feature imitation on the FPN maps (adapter, regions, masked MSE).
+- :mod:`.imitation`: feature imitation on the FPN maps (adapter, regions, masked MSE);
+- :mod:`.criterion`: :class:`DistillTerms`, all of the above as the component a detector family's
+  criterion is built with (constructor injection);
+- :mod:`.build`: :func:`build_criterion`, the one place a criterion (distilling or not) is built
+  from a config.
 """
+from .build import build_criterion
+from .criterion import DistillTerms
 from .crosshead import CrossHeadAdapter, crosshead_layers, crosshead_terms, match_channel_stats
 from .distiller import Distiller
 from .imitation import IMITATION_MODES, ImitationAdapter, neck_channels
 from .teacher import build_teacher, check_compatible
 
-__all__ = ["IMITATION_MODES", "CrossHeadAdapter", "Distiller", "ImitationAdapter", "build_teacher",
-           "check_compatible", "crosshead_layers", "crosshead_terms", "match_channel_stats", "neck_channels"]
+__all__ = ["IMITATION_MODES", "CrossHeadAdapter", "DistillTerms", "Distiller", "ImitationAdapter",
+           "build_criterion", "build_teacher", "check_compatible", "crosshead_layers", "crosshead_terms",
+           "match_channel_stats", "neck_channels"]

@@ -1,9 +1,6 @@
 """Build modules from the typed config (constructor injection, no registries)."""
 from __future__ import annotations
 
-import dataclasses
-from typing import TYPE_CHECKING
-
 from ..config import ModelConfig
 from ..errors import ConfigError
 from .backbones import Res2Net, ResNet
@@ -13,17 +10,6 @@ from .gfl_head import GFLHead, GFLv2Head
 
 BACKBONE_TYPES = {"resnet": ResNet, "res2net": Res2Net}
 HEAD_TYPES = {"gfl": GFLHead, "gflv2": GFLv2Head}
-#: the ``distill.*`` fields the criterion takes (the others configure the teacher and the Distiller)
-CRITERION_DISTILL_FIELDS = (
-    "ld_weight", "ld_temperature", "vlr_weight", "vlr_temperature", "vlr_iou_mode", "kd_weight", "kd_temperature",
-    "reduction", "crosshead_ld_weight", "crosshead_ld_temperature", "crosshead_kd_weight", "crosshead_kd_beta",
-    "crosshead_box_weight", "imitation_mode", "imitation_weight", "imitation_gi_topk", "imitation_gi_iou_thr",
-    "imitation_gi_per_image",
-)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import Config
-    from .criterion import GFLCriterion
 
 
 def build_detector(model_cfg: ModelConfig) -> GFL:
@@ -85,22 +71,3 @@ def build_detector(model_cfg: ModelConfig) -> GFL:
     head = HEAD_TYPES[h.type](model_cfg.num_classes, n.out_channels, **head_kw)
     return GFL(backbone, neck, head, strides=strides)
 
-
-def build_criterion(cfg: "Config", **changes) -> "GFLCriterion":
-    """``Config`` → :class:`~locdistill.models.criterion.GFLCriterion`; the one place a criterion is built
-    from a config.
-
-    The criterion's argument names are the config field names (``model.num_classes``,
-    ``model.head.{reg_max, strides, octave_base_scale}``, every ``loss.*`` and the ``distill.*``
-    weights, temperatures and modes), so each is passed by its own name. ``changes`` override
-    single arguments (by the same names).
-    """
-    from .criterion import GFLCriterion  # criterion → distill → teacher → build: imported on use
-
-    head, d = cfg.model.head, cfg.distill
-    args = dict(num_classes=cfg.model.num_classes, reg_max=head.reg_max, strides=tuple(head.strides),
-                octave_base_scale=head.octave_base_scale)
-    args.update((f.name, getattr(cfg.loss, f.name)) for f in dataclasses.fields(cfg.loss))
-    args.update((name, getattr(d, name)) for name in CRITERION_DISTILL_FIELDS)
-    args.update(changes)
-    return GFLCriterion(**args)

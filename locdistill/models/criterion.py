@@ -1,11 +1,13 @@
-"""GFL criterion: ATSS assignment + QFL / GIoU / DFL, then the distillation terms.
+"""GFL criterion: ATSS assignment + QFL / GIoU / DFL, then an injected distillation component.
 
-Numerics are mmdetection 3.3's ``GFLHead.loss_by_feat`` (DESIGN §4) and the LD code's
-``LDHead`` (DESIGN §5). The GFL family's side of the dense interface (DESIGN §10) lives
-here: :meth:`GFLCriterion.flatten` turns per-level head outputs into a
-:class:`~locdistill.models.dense.DenseOutputs` and :meth:`GFLCriterion.assign` runs ATSS into an
-:class:`~locdistill.models.dense.Assignment`; the LD / VLR / KD, cross-head and imitation terms are
-the family-neutral functions of :mod:`locdistill.distill`.
+Numerics are mmdetection 3.3's ``GFLHead.loss_by_feat`` (DESIGN §4). The GFL family's side of
+the dense interface (DESIGN §10) lives here: :meth:`GFLCriterion.flatten` turns per-level head
+outputs into a :class:`~locdistill.models.dense.DenseOutputs` and :meth:`GFLCriterion.assign` runs
+ATSS into an :class:`~locdistill.models.dense.Assignment`. The criterion knows nothing of
+distillation: a distilling one is built with a ``distill_terms`` component (constructor injection;
+:class:`locdistill.distill.criterion.DistillTerms`, joined to this class from a config by
+:func:`locdistill.distill.build.build_criterion`), which it calls on the flattened student and
+teacher outputs and the assignment.
 
 Everything is computed densely over the concatenated anchor axis ``A`` of all levels for the
 whole batch, with masks instead of index lists, so there is no host synchronisation (no
@@ -17,34 +19,40 @@ the longest), ``n = reg_max``.
 """
 from __future__ import annotations
 
-import dataclasses
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from ..boxes import bbox2distance, bbox_overlaps, box_centers, distance2bbox
-from ..config import DistillConfig, HeadConfig, LossConfig
-from ..distill.crosshead import CROSSHEAD_TERMS, crosshead_terms
-from ..distill.imitation import IMITATION_MODES, imitation_region, imitation_term
-from ..distill.regions import VLR_IOU_MODES, main_region_weights, vlr_weights
-from ..distill.terms import REDUCTIONS, box_kl, check_pair, kd_loss, ld_loss, reduction_scale, vlr_ld_loss
+from ..config import HeadConfig, LossConfig
 from ..losses import EPS, distribution_focal_loss, giou_loss, quality_focal_loss
 from .atss import ATSSAssigner
-from .build import build_criterion
 from .dense import Assignment, DenseOutputs, integral, reduce_mean
 from .priors import grid_priors, valid_flags_batch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ..config import Config
-
-__all__ = ["GFLBoxTargets", "GFLCriterion", "reduce_mean"]
+__all__ = ["DistillComponent", "GFLBoxTargets", "GFLCriterion", "reduce_mean"]
 
 #: feature-size sets whose priors stay cached (multi-scale training sees many; each entry is small)
 PRIOR_CACHE_SIZE = 16
 
-_H, _L, _D = HeadConfig, LossConfig, DistillConfig  # constructor defaults: the config's, written there only
+_H, _L = HeadConfig, LossConfig  # constructor defaults: the config's, written there only
+
+
+class DistillComponent(Protocol):
+    """What a criterion calls to distil (:class:`locdistill.distill.criterion.DistillTerms`).
+
+    ``component(student, teacher, assignment, outputs, teacher_outputs, flatten) -> {name: scalar}``:
+    the flattened student and teacher predictions, the student's assignment, both raw per-level
+    outputs dicts (for what a component reads beyond the head outputs: cross-head predictions,
+    imitation features) and the family's ``flatten(outputs, who)`` (for further per-level maps laid
+    out like the head outputs). Returns weighted float32 scalar losses.
+    """
+
+    def __call__(self, student: DenseOutputs, teacher: DenseOutputs, assignment: Assignment,
+                 outputs: Mapping[str, Sequence[Tensor]], teacher_outputs: Mapping[str, Sequence[Tensor]],
+                 flatten: Callable[[Mapping[str, Sequence[Tensor]], str], DenseOutputs]) -> dict[str, Tensor]: ...
 
 
 class GFLBoxTargets(NamedTuple):
@@ -57,11 +65,11 @@ class GFLBoxTargets(NamedTuple):
 
 
 class GFLCriterion:
-    """Losses of a GFL detector, optionally distilled from a teacher (LD).
+    """Losses of a GFL detector, optionally distilled from a teacher by an injected component.
 
-    The argument names are the config field names they come from (``model.head.*``,
-    ``loss.*``, ``distill.*``), and the defaults are the config dataclasses' defaults
-    (:func:`locdistill.models.build.build_criterion` builds one from a ``Config``).
+    The argument names are the config field names they come from (``model.head.*``, ``loss.*``),
+    and the defaults are the config dataclasses' defaults
+    (:func:`locdistill.distill.build.build_criterion` builds one from a ``Config``).
 
     Args:
         num_classes: C.
@@ -71,28 +79,11 @@ class GFLCriterion:
         topk: ATSS candidates per level and GT.
         qfl_beta: QFL exponent.
         loss_cls_weight, loss_bbox_weight, loss_dfl_weight: weights of QFL, GIoU and DFL.
-        ld_weight: main-region LD weight (on the student's positives, weighted by w_p).
-        ld_temperature: its temperature.
-        vlr_weight, vlr_temperature: VLR LD (0.25·thr_g <= DIoU < thr_g, weighted by IoU).
-        vlr_iou_mode: ``"diou"`` (true DIoU selects the VLR) or ``"iof"`` (the LD code's quirk:
-            intersection over the anchor's area in place of IoU inside its DIoU).
-        kd_weight, kd_temperature: class KD on positives (0 turns it off).
-        reduction: ``"sum"`` (LD code: grows with images per GPU) or ``"per_image"``
-            (sum · 3 / images, equal to ``"sum"`` at 3 images per GPU; batch-size invariant).
-        crosshead_ld_weight, crosshead_kd_weight, crosshead_box_weight: the cross-head terms
-            (:func:`locdistill.distill.crosshead.crosshead_terms`; 0 = off); they need ``"cross_cls_logits"`` /
-            ``"cross_box_logits"`` in the teacher outputs (a Distiller with ``crosshead_layer``).
-        crosshead_ld_temperature, crosshead_kd_beta: their temperature and KD exponent.
-        imitation_mode: feature imitation's region (:mod:`locdistill.distill.imitation`): ``"fitnet"``,
-            ``"inside_gt"``, ``"finegrained"``, ``"decouple"``, ``"gibox"`` ("" = off).
-        imitation_weight: ``loss_im``'s weight (0 = off); needs ``"imitation_feats"`` in both outputs
-            (a Distiller with ``imitation=True``).
-        imitation_gi_topk, imitation_gi_iou_thr, imitation_gi_per_image: the ``"gibox"`` selection
-            (GI boxes kept per level; NMS IoU; NMS per image instead of over the batch's locations
-            of a level, as the LD code).
+        distill_terms: the distillation component (:class:`DistillComponent`, e.g.
+            :class:`locdistill.distill.criterion.DistillTerms`); None = a criterion that does not distil
+            (``teacher_outputs`` are then an error).
 
-    The distillation terms are returned only when ``teacher_outputs`` is given, each only
-    if its weight is non-zero.
+    The distillation terms are returned only when ``teacher_outputs`` is given.
     """
 
     def __init__(
@@ -106,36 +97,15 @@ class GFLCriterion:
         loss_cls_weight: float = _L.loss_cls_weight,
         loss_bbox_weight: float = _L.loss_bbox_weight,
         loss_dfl_weight: float = _L.loss_dfl_weight,
-        ld_weight: float = _D.ld_weight,
-        ld_temperature: float = _D.ld_temperature,
-        vlr_weight: float = _D.vlr_weight,
-        vlr_temperature: float = _D.vlr_temperature,
-        vlr_iou_mode: str = _D.vlr_iou_mode,
-        kd_weight: float = _D.kd_weight,
-        kd_temperature: float = _D.kd_temperature,
-        reduction: str = _D.reduction,
-        crosshead_ld_weight: float = _D.crosshead_ld_weight,
-        crosshead_ld_temperature: float = _D.crosshead_ld_temperature,
-        crosshead_kd_weight: float = _D.crosshead_kd_weight,
-        crosshead_kd_beta: float = _D.crosshead_kd_beta,
-        crosshead_box_weight: float = _D.crosshead_box_weight,
-        imitation_mode: str = _D.imitation_mode,
-        imitation_weight: float = _D.imitation_weight,
-        imitation_gi_topk: int = _D.imitation_gi_topk,
-        imitation_gi_iou_thr: float = _D.imitation_gi_iou_thr,
-        imitation_gi_per_image: bool = _D.imitation_gi_per_image,
+        distill_terms: Optional[DistillComponent] = None,
     ) -> None:
         if num_classes < 1:
             raise ValueError(f"GFLCriterion: num_classes must be >= 1, got {num_classes}")
         if reg_max < 1:
             raise ValueError(f"GFLCriterion: reg_max must be >= 1, got {reg_max}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"GFLCriterion: reduction must be 'sum' or 'per_image', got {reduction!r}")
-        if vlr_iou_mode not in VLR_IOU_MODES:
-            raise ValueError(f"GFLCriterion: vlr_iou_mode must be 'diou' or 'iof', got {vlr_iou_mode!r}")
-        if imitation_mode not in ("",) + IMITATION_MODES:
-            raise ValueError(f"GFLCriterion: imitation_mode must be '' or one of {IMITATION_MODES}, "
-                             f"got {imitation_mode!r}")
+        if distill_terms is not None and not callable(distill_terms):
+            raise TypeError(f"GFLCriterion: distill_terms must be callable (a DistillTerms), got "
+                            f"{type(distill_terms).__name__}")
         self.num_classes = int(num_classes)
         self.reg_max = int(reg_max)
         self.strides = tuple(int(s) for s in strides)
@@ -144,40 +114,14 @@ class GFLCriterion:
         self.loss_cls_weight = loss_cls_weight
         self.loss_bbox_weight = loss_bbox_weight
         self.loss_dfl_weight = loss_dfl_weight
-        self.ld_weight = ld_weight
-        self.ld_temperature = ld_temperature
-        self.vlr_weight = vlr_weight
-        self.vlr_temperature = vlr_temperature
-        self.vlr_iou_mode = vlr_iou_mode
-        self.kd_weight = kd_weight
-        self.kd_temperature = kd_temperature
-        self.reduction = reduction
-        self.crosshead_ld_weight = crosshead_ld_weight
-        self.crosshead_ld_temperature = crosshead_ld_temperature
-        self.crosshead_kd_weight = crosshead_kd_weight
-        self.crosshead_kd_beta = crosshead_kd_beta
-        self.crosshead_box_weight = crosshead_box_weight
-        self.imitation_mode = imitation_mode
-        self.imitation_weight = imitation_weight if imitation_mode else 0.0
-        self.imitation_gi_topk = int(imitation_gi_topk)
-        self.imitation_gi_iou_thr = float(imitation_gi_iou_thr)
-        self.imitation_gi_per_image = bool(imitation_gi_per_image)
+        self.distill_terms = distill_terms
         self.assigner = ATSSAssigner(topk)
         self._prior_cache: OrderedDict = OrderedDict()  # LRU of PRIOR_CACHE_SIZE feature-size sets
 
-    @classmethod
-    def from_config(cls, cfg: "Config", **changes) -> "GFLCriterion":
-        """:func:`locdistill.models.build.build_criterion` (kept for the README's and users' code)."""
-        return build_criterion(cfg, **changes)
-
     def __repr__(self) -> str:
+        distill = "" if self.distill_terms is None else f", distill_terms={self.distill_terms!r}"
         return (f"GFLCriterion(num_classes={self.num_classes}, reg_max={self.reg_max}, "
-                f"strides={self.strides}, topk={self.assigner.topk})")
-
-    @property
-    def crosshead_weights(self) -> dict[str, float]:
-        """``{"ld", "kd", "box"}`` → the cross-head terms' weights."""
-        return {"ld": self.crosshead_ld_weight, "kd": self.crosshead_kd_weight, "box": self.crosshead_box_weight}
+                f"strides={self.strides}, topk={self.assigner.topk}{distill})")
 
     # ------------------------------------------------------------------------------
     # the GFL family's dense interface
@@ -333,74 +277,6 @@ class GFLCriterion:
         loss_dfl = self.loss_dfl_weight * ((dfl * w[..., None]).sum() / (4 + EPS)) / norm
         return {"loss_cls": loss_cls, "loss_bbox": loss_bbox, "loss_dfl": loss_dfl}
 
-    def distill_losses(self, student: DenseOutputs, teacher: DenseOutputs, assignment: Assignment,
-                       outputs: Optional[Mapping[str, Sequence[Tensor]]] = None,
-                       teacher_outputs: Optional[Mapping[str, Sequence[Tensor]]] = None) -> dict[str, Tensor]:
-        """LD on the main region, LD on the VLR and class KD (DESIGN §5; :mod:`locdistill.distill.terms`),
-        then the cross-head terms (which need ``teacher_outputs``' cross-head predictions) and feature
-        imitation (which needs both raw outputs' ``"imitation_feats"``)."""
-        check_pair(student, teacher)
-        scale = reduction_scale(self.reduction, student.box_logits.shape[0])
-        losses = {}
-        cross = self.crosshead_losses(teacher, assignment, teacher_outputs)
-        kl = None
-        if self.ld_weight:
-            kl = box_kl(student, teacher, self.ld_temperature)  # [B, A]
-            losses["loss_ld"] = ld_loss(kl, main_region_weights(assignment), self.ld_weight * scale)
-        if self.vlr_weight:
-            if kl is None or self.vlr_temperature != self.ld_temperature:
-                kl = box_kl(student, teacher, self.vlr_temperature)
-            region = vlr_weights(assignment, self.vlr_iou_mode)
-            losses["loss_ld_vlr"] = vlr_ld_loss(kl, region, self.vlr_weight * scale)
-        if self.kd_weight:
-            losses["loss_kd"] = kd_loss(student, teacher, assignment, self.kd_temperature, self.kd_weight)
-        losses.update(cross)
-        losses.update(self.imitation_losses(student, teacher, assignment, outputs, teacher_outputs))
-        return losses
-
-    def crosshead_losses(self, teacher: DenseOutputs, assignment: Assignment,
-                         teacher_outputs: Optional[Mapping[str, Sequence[Tensor]]]) -> dict[str, Tensor]:
-        """``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box`` (those with a non-zero weight)."""
-        weights = self.crosshead_weights
-        terms = [k for k in CROSSHEAD_TERMS if weights[k]]
-        if not terms:
-            return {}
-        if not isinstance(teacher_outputs, Mapping) or "cross_cls_logits" not in teacher_outputs \
-                or "cross_box_logits" not in teacher_outputs:
-            raise ValueError("cross-head losses are on but the teacher outputs hold no 'cross_cls_logits' / "
-                             "'cross_box_logits': build the Distiller with crosshead_layer")
-        cross = self.flatten({"cls_logits": teacher_outputs["cross_cls_logits"],
-                              "box_logits": teacher_outputs["cross_box_logits"]}, "cross-head")
-        if cross.cls_logits.shape != teacher.cls_logits.shape or cross.box_logits.shape != teacher.box_logits.shape:
-            raise ValueError(f"cross-head outputs {tuple(cross.cls_logits.shape)} / {tuple(cross.box_logits.shape)} "
-                             f"do not match the teacher's {tuple(teacher.cls_logits.shape)} / "
-                             f"{tuple(teacher.box_logits.shape)}")
-        vals = crosshead_terms(cross, teacher, assignment, self.crosshead_ld_temperature, self.crosshead_kd_beta,
-                               terms)
-        return {f"loss_cross_{k}": weights[k] * vals[k] for k in terms}
-
-    def imitation_losses(self, student: DenseOutputs, teacher: DenseOutputs, assignment: Assignment,
-                         outputs: Optional[Mapping[str, Sequence[Tensor]]],
-                         teacher_outputs: Optional[Mapping[str, Sequence[Tensor]]]) -> dict[str, Tensor]:
-        """``loss_im`` (when its weight is non-zero) on the region of ``imitation_mode``
-        (:mod:`locdistill.distill.imitation`)."""
-        if not self.imitation_weight:
-            return {}
-        s_levels = outputs.get("imitation_feats") if isinstance(outputs, Mapping) else None
-        t_levels = teacher_outputs.get("imitation_feats") if isinstance(teacher_outputs, Mapping) else None
-        if s_levels is None or t_levels is None:
-            raise ValueError("feature imitation is on (imitation_weight > 0) but the outputs hold no "
-                             "'imitation_feats': build the Distiller with imitation=True")
-        if self.kd_weight and teacher.raw_cls_logits is not None:
-            # kept as it was (bit-identical): with class KD on, "gibox" compares a GFLv2 teacher's *raw*
-            # class scores with the student's joint scores (the KD term's logits leaked into the region)
-            teacher = dataclasses.replace(teacher, cls_logits=teacher.raw_cls_logits)
-        region, background = imitation_region(self.imitation_mode, student, teacher, assignment,
-                                              self.imitation_gi_topk, self.imitation_gi_iou_thr,
-                                              self.imitation_gi_per_image)
-        return {"loss_im": imitation_term(s_levels, t_levels, region, background, student, assignment,
-                                          self.imitation_weight)}
-
     def __call__(
         self,
         outputs: Mapping[str, Sequence[Tensor]],
@@ -413,12 +289,14 @@ class GFLCriterion:
         Args:
             outputs: ``{"cls_logits": [B,C,H,W] per level, "box_logits": [B,4(n+1),H,W] per level}``.
             targets: per image ``{"boxes": [K,4] xyxy pixels, "labels": [K] int64 in 0..C-1}``.
-            teacher_outputs: same layout from the teacher (box logits post-``Scale``); adds
-                ``loss_ld``, ``loss_ld_vlr`` and ``loss_kd``, and with ``"cross_cls_logits"`` /
-                ``"cross_box_logits"`` (cross-head) ``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box``;
-                with ``"imitation_feats"`` in both outputs (FPN maps, feature imitation) ``loss_im``.
-                GFLv2 outputs (student or teacher) also hold ``"raw_cls_logits"``: their
-                ``cls_logits`` are then logits of the joint score ``σ(cls)·quality``, so QFL and
+            teacher_outputs: same layout from the teacher (box logits post-``Scale``); flattened
+                and handed with the student's to the ``distill_terms`` component, whose losses are
+                added (:class:`locdistill.distill.criterion.DistillTerms`: ``loss_ld``, ``loss_ld_vlr``,
+                ``loss_kd``, and with ``"cross_cls_logits"`` / ``"cross_box_logits"`` (cross-head)
+                ``loss_cross_ld``, ``loss_cross_kd``, ``loss_cross_box``; with ``"imitation_feats"`` in
+                both outputs (FPN maps, feature imitation) ``loss_im``). Needs a criterion built with
+                ``distill_terms``. GFLv2 outputs (student or teacher) also hold ``"raw_cls_logits"``:
+                their ``cls_logits`` are then logits of the joint score ``σ(cls)·quality``, so QFL and
                 ``w_p`` run on that score (GFocalV2's QFL on probabilities) and class KD uses the
                 raw logits.
             image_sizes: per image ``(h, w)`` padded extent; None = the whole batch extent.
@@ -426,6 +304,11 @@ class GFLCriterion:
         Returns:
             ``{"loss_cls", "loss_bbox", "loss_dfl"}`` (+ distillation keys), float32 scalars.
         """
+        if teacher_outputs is not None and self.distill_terms is None:
+            raise ValueError(
+                "GFLCriterion got teacher_outputs but has no distillation terms: build a distilling criterion "
+                "with locdistill.distill.build_criterion(cfg) (a config with distill.teacher_config set, or "
+                "distill=True) or GFLCriterion(..., distill_terms=locdistill.distill.DistillTerms(...))")
         device_type = outputs["cls_logits"][0].device.type if "cls_logits" in outputs else "cpu"
         with torch.autocast(device_type=device_type, enabled=False):
             student = self.flatten(outputs, "student")
@@ -433,5 +316,6 @@ class GFLCriterion:
             losses = self.gfl_losses(student, assignment)
             if teacher_outputs is not None:
                 teacher = self.flatten(teacher_outputs, "teacher")
-                losses.update(self.distill_losses(student, teacher, assignment, outputs, teacher_outputs))
+                losses.update(self.distill_terms(student, teacher, assignment, outputs, teacher_outputs,
+                                                 self.flatten))
         return losses
