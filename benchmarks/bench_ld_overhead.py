@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locdistill.config import Config, DistillConfig  # noqa: E402
-from locdistill.distill import Distiller  # noqa: E402
-from locdistill.models.build import build_criterion, build_detector  # noqa: E402
+from locdistill.distill import Distiller, build_criterion  # noqa: E402
+from locdistill.models.build import build_detector  # noqa: E402
 from locdistill.models.criterion import GFLCriterion  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,7 +49,7 @@ def make_criterion(distill: bool) -> GFLCriterion:
     cfg = Config()
     if distill:  # the LD code's full recipe: main LD + VLR + class KD (no cross-head terms)
         cfg.distill = DistillConfig.from_recipe("full", num_classes=cfg.model.num_classes)
-    return build_criterion(cfg)
+    return build_criterion(cfg, distill=distill)
 
 
 class Runner:

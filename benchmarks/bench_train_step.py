@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locdistill.config import Config  # noqa: E402
 from locdistill.data.loader import collate  # noqa: E402
-from locdistill.models.build import build_criterion, build_detector  # noqa: E402
+from locdistill.distill import build_criterion  # noqa: E402
+from locdistill.models.build import build_detector  # noqa: E402
 
 
 def synthetic_batch(batch: int, h: int, w: int, boxes: int, num_classes: int, gen: torch.Generator):

@@ -62,9 +62,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train_step import synthetic_batch  # noqa: E402
 from locdistill.config import TestConfig, TrainConfig, load_config  # noqa: E402
-from locdistill.distill import Distiller  # noqa: E402
+from locdistill.distill import Distiller, build_criterion  # noqa: E402
 from locdistill.engine.train import Precision, targets_to  # noqa: E402
-from locdistill.models.build import build_criterion, build_detector  # noqa: E402
+from locdistill.models.build import build_detector  # noqa: E402
 from locdistill.models.postprocess import postprocess  # noqa: E402
 
 GOAL_AMP = 1.8  # best AMP variant img/s / fp32 img/s, at least

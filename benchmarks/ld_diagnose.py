@@ -29,7 +29,7 @@ import torch
 from locdistill.boxes import bbox_overlaps
 from locdistill.config import load_config
 from locdistill.data.loader import build_dataloader
-from locdistill.models.build import build_criterion
+from locdistill.distill import build_criterion
 from locdistill.tools.check_teacher import eval_dataset, load_detector
 
 GT_TERMS = ("loss_cls", "loss_bbox", "loss_dfl")
@@ -71,7 +71,7 @@ def main() -> None:
     loader = build_dataloader(data, cfg.data.batch_size, 0, shuffle=False)
     student = load_detector("student", args.student_config, args.student_checkpoint, num_classes=classes)[1].train()
     teacher = load_detector("teacher", args.teacher_config, args.teacher_checkpoint, num_classes=classes)[1]
-    criterion = build_criterion(cfg)
+    criterion = build_criterion(cfg, distill=True)
 
     norms: dict[str, list] = defaultdict(list)
     cosines: dict[str, list] = defaultdict(list)

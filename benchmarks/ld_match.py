@@ -6,7 +6,7 @@ import sys, os, torch
 import torch.nn.functional as F
 from locdistill.config import load_config
 from locdistill.models import build_detector
-from locdistill.models.build import build_criterion
+from locdistill.distill import build_criterion
 from locdistill.checkpoint import load_model_weights
 from locdistill.data.loader import build_dataset, build_dataloader
 from locdistill.boxes import bbox_overlaps

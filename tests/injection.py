@@ -18,8 +18,12 @@ class Injecting:
 
 
 def inject(monkeypatch, at: int, action) -> None:
-    """Make every criterion built from now on (``build_criterion``) an :class:`Injecting` one."""
-    import locdistill.models.build as build
+    """Make every criterion the training loop builds from now on (``build_criterion``) an :class:`Injecting` one
+    (patched where :mod:`locdistill.engine.train` looks it up: its own module when it imports it there,
+    else the :mod:`locdistill.distill` package it imports it from on use)."""
+    import locdistill.distill
+    import locdistill.engine.train as train
 
-    real = build.build_criterion
-    monkeypatch.setattr(build, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))
+    owner = train if hasattr(train, "build_criterion") else locdistill.distill
+    real = owner.build_criterion
+    monkeypatch.setattr(owner, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))

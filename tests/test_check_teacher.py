@@ -16,7 +16,8 @@ from locdistill.checkpoint import save_checkpoint
 from locdistill.cli import main
 from locdistill.config import load_config
 from locdistill.data.loader import build_dataloader, build_dataset
-from locdistill.models.build import build_criterion, build_detector
+from locdistill.distill import build_criterion
+from locdistill.models.build import build_detector
 from locdistill.tools.check_teacher import (
     REGIONS, VARIANTS, BoxComparison, TeacherCheck, check_teacher, verdict,
 )

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from locdistill.config import Config
-from locdistill.models.build import build_criterion
+from criteria import distilling_criterion
+from locdistill.distill import DistillTerms, build_criterion
 from locdistill.models.criterion import GFLCriterion, reduce_mean
 from slow_reference import load_vectors, slow_criterion
 
@@ -19,7 +20,7 @@ LD_ARGS = dict(ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0,
 
 
 def ld_criterion(num_classes=C, **kw):
-    return GFLCriterion(num_classes, **{**LD_ARGS, **kw})
+    return distilling_criterion(num_classes, **{**LD_ARGS, **kw})
 
 
 def make_outputs(B, seed, requires_grad=True):
@@ -199,15 +200,39 @@ def test_from_config():
     cfg.loss.topk = 5
     crit = build_criterion(cfg)
     assert (crit.num_classes, crit.reg_max, crit.loss_bbox_weight, crit.assigner.topk) == (7, 8, 3.0, 5)
-    assert build_criterion(cfg, kd_weight=0.5).kd_weight == 0.5
+    assert build_criterion(cfg, distill=True, kd_weight=0.5).distill_terms.kd_weight == 0.5
     cfg.distill.ld_weight, cfg.distill.vlr_weight, cfg.distill.kd_weight = 0.25, 0.25, 10.0
     cfg.distill.vlr_iou_mode = "iof"
     cfg.distill.reduction = "per_image"
-    crit = build_criterion(cfg)
-    assert (crit.ld_weight, crit.vlr_weight, crit.kd_weight) == (0.25, 0.25, 10.0)
-    assert (crit.ld_temperature, crit.vlr_temperature, crit.kd_temperature) == (10.0, 10.0, 2.0)
-    assert (crit.vlr_iou_mode, crit.reduction) == ("iof", "per_image")
+    terms = build_criterion(cfg, distill=True).distill_terms
+    assert (terms.ld_weight, terms.vlr_weight, terms.kd_weight) == (0.25, 0.25, 10.0)
+    assert (terms.ld_temperature, terms.vlr_temperature, terms.kd_temperature) == (10.0, 10.0, 2.0)
+    assert (terms.vlr_iou_mode, terms.reduction) == ("iof", "per_image")
 
+
+
+def test_distilling_criterion_is_injected():
+    """GFLCriterion computes the GT losses only; the distillation terms come in as a component."""
+    outputs, targets = make_outputs(3, 13), make_targets(13)
+    teacher = teacher_of(outputs, 13)
+    with pytest.raises(ValueError, match="build_criterion"):
+        GFLCriterion(C)(outputs, targets, teacher)
+    cfg = Config()
+    cfg.model.num_classes = C
+    assert build_criterion(cfg).distill_terms is None  # distill.teacher_config is empty: plain training
+    with pytest.raises(TypeError, match="distill=True"):
+        build_criterion(cfg, kd_weight=0.5)
+    cfg.distill.teacher_config = "gfl/gfl_r101_fpn_mstrain_2x_coco"
+    cfg.distill.ld_weight, cfg.distill.vlr_weight, cfg.distill.kd_weight = 0.25, 0.25, 10.0
+    cfg.distill.crosshead_ld_weight = cfg.distill.crosshead_kd_weight = cfg.distill.crosshead_box_weight = 0.0
+    crit = build_criterion(cfg)
+    assert isinstance(crit.distill_terms, DistillTerms)
+    ours, ref = crit(outputs, targets, teacher), ld_criterion()(outputs, targets, teacher)
+    assert set(ours) == set(ref) and all(torch.equal(ours[k], ref[k]) for k in ref)
+    assert build_criterion(cfg, distill=False).distill_terms is None
+    # the plain losses do not depend on the terms
+    plain = GFLCriterion(C)(outputs, targets)
+    assert all(torch.equal(plain[k], ours[k]) for k in plain)
 
 def test_autocast_keeps_float32():
     outputs, targets = make_outputs(3, 8, requires_grad=False), make_targets(8)
@@ -236,7 +261,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="teacher"):
         ld_criterion()(outputs, targets, {k: [x[:, :, :1] for x in v] for k, v in outputs.items()})
     with pytest.raises(ValueError, match="reduction"):
-        GFLCriterion(C, reduction="mean")
+        distilling_criterion(C, reduction="mean")
 
 
 def test_reduce_mean_single_process_group(tmp_path):

@@ -21,8 +21,8 @@ from locdistill.distill import CrossHeadAdapter, Distiller, crosshead_layers
 from locdistill.errors import ConfigError
 from locdistill.losses import kd_quality_focal_loss
 from locdistill.models import build_detector
-from locdistill.models.build import build_criterion
-from locdistill.models.criterion import GFLCriterion
+from criteria import distilling_criterion
+from locdistill.distill import build_criterion
 
 NUM_CLASSES = 3
 CROSS_KEYS = ("loss_cross_ld", "loss_cross_kd", "loss_cross_box")
@@ -62,8 +62,8 @@ def targets():
 def criterion(main=False):
     """CrossKD's GFL weights; the main LD / VLR / KD terms only with ``main``."""
     w = 0.25 if main else 0.0
-    return GFLCriterion(NUM_CLASSES, ld_weight=w, vlr_weight=w, kd_weight=40 * w,
-                        crosshead_ld_weight=3.0, crosshead_kd_weight=1.0, crosshead_box_weight=2.0)
+    return distilling_criterion(NUM_CLASSES, ld_weight=w, vlr_weight=w, kd_weight=40 * w,
+                                crosshead_ld_weight=3.0, crosshead_kd_weight=1.0, crosshead_box_weight=2.0)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -255,9 +255,9 @@ def test_config_switches_crosshead_on_and_from_config_builds_it():
     coco = load_config("ld/crosshead_gflv1_r101_r50_fpn_coco_1x")
     assert coco.distill.crosshead and coco.model.backbone.depth == 50
     assert load_config(coco.distill.teacher_config).model.backbone.depth == 101
-    crit = build_criterion(coco)
-    assert crit.crosshead_weights == {"ld": 3.0, "kd": 1.0, "box": 2.0}
-    assert (crit.crosshead_ld_temperature, crit.crosshead_kd_beta) == (1.0, 1.0)
+    terms = build_criterion(coco).distill_terms
+    assert terms.crosshead_weights == {"ld": 3.0, "kd": 1.0, "box": 2.0}
+    assert (terms.crosshead_ld_temperature, terms.crosshead_kd_beta) == (1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------- DDP (gloo, 2 processes)
@@ -287,8 +287,9 @@ def _ddp_rank(rank: int, port: int) -> None:
         torch.distributed.all_gather(weights, dist.crosshead_adapter.module.cls.weight.detach())
         assert torch.equal(weights[0], weights[1])
         assert type(dist.teacher).__name__ != "DistributedDataParallel"
-        crit = GFLCriterion(NUM_CLASSES, ld_weight=0.0, vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0,
-                            crosshead_kd_weight=1.0, crosshead_box_weight=0.0)  # the cls tower only
+        crit = distilling_criterion(NUM_CLASSES, ld_weight=0.0, vlr_weight=0.25, kd_weight=10.0,
+                                    crosshead_ld_weight=0.0, crosshead_kd_weight=1.0,
+                                    crosshead_box_weight=0.0)  # the cls tower only
         s_out, t_out = model(images(seed=rank))
         sum(crit(s_out, targets(), t_out).values()).backward()
         assert all(p.grad is None for p in dist.teacher.parameters())

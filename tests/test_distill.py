@@ -20,7 +20,7 @@ from locdistill.errors import CheckpointError, ConfigError
 from locdistill.losses import ld_kl_loss
 from locdistill.models import build_detector
 from locdistill.distill.regions import vlr_weights
-from locdistill.models.criterion import GFLCriterion
+from criteria import distilling_criterion
 
 NUM_CLASSES = 3
 SIZE = 64
@@ -70,7 +70,7 @@ def criterion(**kw):
     args = dict(ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0,
                 crosshead_ld_weight=0.0, crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
     args.update(kw)
-    return GFLCriterion(NUM_CLASSES, **args)
+    return distilling_criterion(NUM_CLASSES, **args)
 
 
 LD_KEYS = ("loss_ld", "loss_ld_vlr", "loss_kd")
@@ -89,7 +89,8 @@ def test_ld_is_zero_for_an_identical_teacher_and_positive_otherwise():
     for a, b in zip(s_out["box_logits"] + s_out["cls_logits"], t_out["box_logits"] + t_out["cls_logits"]):
         assert torch.equal(a, b)  # precondition: the teacher really is the student
     t = crit.assign(crit.flatten(s_out), targets)
-    assert t.pos.any() and (vlr_weights(t, crit.vlr_iou_mode) > 0).any()  # both regions are non-empty
+    # both regions are non-empty
+    assert t.pos.any() and (vlr_weights(t, crit.distill_terms.vlr_iou_mode) > 0).any()
     losses = crit(s_out, targets, t_out)
     for k in LD_KEYS:
         assert losses[k].item() == 0.0, k
@@ -295,9 +296,9 @@ HAND_IOF = [Fraction(n, 256) for n in (56, 120, 128, 112, 240, 256)]
 
 
 def _hand_case(mode):
-    crit = GFLCriterion(1, strides=(8,), octave_base_scale=2, topk=9, vlr_iou_mode=mode, ld_weight=0.25,
-                        vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0, crosshead_kd_weight=0.0,
-                        crosshead_box_weight=0.0)
+    crit = distilling_criterion(1, strides=(8,), octave_base_scale=2, topk=9, vlr_iou_mode=mode, ld_weight=0.25,
+                                vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0, crosshead_kd_weight=0.0,
+                                crosshead_box_weight=0.0)
     n1 = crit.reg_max + 1
     outputs = {"cls_logits": [torch.zeros(1, 1, 2, 3)], "box_logits": [torch.zeros(1, 4 * n1, 2, 3)]}
     targets = [{"boxes": torch.tensor([HAND_GT]), "labels": torch.tensor([0])}]
@@ -334,7 +335,7 @@ def test_vlr_selection_matches_hand_computation(mode, expected_region):
     region = {i for i in range(6) if 0.25 * thr <= float(overlap[i] - HAND_PENALTY[i]) < thr}
     assert region == expected_region  # the hand table and the expectation agree
     expected = torch.tensor([float(HAND_IOU[i]) if i in region else 0.0 for i in range(6)])
-    weights = vlr_weights(t, crit.vlr_iou_mode)[0]
+    weights = vlr_weights(t, crit.distill_terms.vlr_iou_mode)[0]
     torch.testing.assert_close(weights, expected, rtol=1e-6, atol=1e-7)
     if mode == "diou":
         assert 4 in region and t.pos[0, 4]  # a positive may also be in the VLR

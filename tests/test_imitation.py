@@ -23,8 +23,8 @@ from locdistill.distill.imitation import (IMITATION_MODES, finegrained_region, f
                                           greedy_nms_topk, imitation_loss, imitation_region, inside_gt_region,
                                           masked_mse_per_level)
 from locdistill.models import build_detector
-from locdistill.models.build import build_criterion
-from locdistill.models.criterion import GFLCriterion
+from criteria import distilling_criterion
+from locdistill.distill import build_criterion
 
 COUNTS = [4, 4]  # anchors per level
 NUM_CLASSES = 3
@@ -253,7 +253,7 @@ def test_config_fields_and_their_errors():
     on = apply_overrides(base, ["distill.imitation_mode=decouple", "distill.imitation_weight=1"])
     assert on.distill.imitation and on.distill.imitation_weight == 1.0
     with pytest.raises(ValueError, match="imitation_mode"):
-        GFLCriterion(NUM_CLASSES, imitation_mode="gi")
+        distilling_criterion(NUM_CLASSES, imitation_mode="gi")
 
 
 def test_full_gi_config_is_the_ld_codes_recipe_with_gi_imitation():
@@ -265,10 +265,11 @@ def test_full_gi_config_is_the_ld_codes_recipe_with_gi_imitation():
     assert (d.imitation_mode, d.imitation_weight, d.imitation_gi_topk, d.imitation_gi_iou_thr,
             d.imitation_gi_per_image) == ("gibox", 2.0, 10, 0.3, False)
     assert d.teacher_checkpoint == "checkpoints/gfl_r101_fpn_mstrain_2x_coco.pth"
-    crit = build_criterion(cfg)
-    assert (crit.imitation_weight, crit.imitation_mode, crit.imitation_gi_topk) == (2.0, "gibox", 10)
+    terms = build_criterion(cfg).distill_terms
+    assert (terms.imitation_weight, terms.imitation_mode, terms.imitation_gi_topk) == (2.0, "gibox", 10)
     # imitation off: the criterion carries no weight even if a mode is left over
-    assert build_criterion(load_config("ld/ld_gflv1_r101_r50_fpn_coco_1x_full")).imitation_weight == 0.0
+    full = build_criterion(load_config("ld/ld_gflv1_r101_r50_fpn_coco_1x_full"))
+    assert full.distill_terms.imitation_weight == 0.0
 
 
 # ----------------------------------------------------------------------------- Distiller + criterion
@@ -299,9 +300,9 @@ def targets():
 
 
 def criterion(mode, weight=2.0, **kw):
-    return GFLCriterion(NUM_CLASSES, ld_weight=0.25, vlr_weight=0.25, kd_weight=1.0, crosshead_ld_weight=0.0,
-                        crosshead_kd_weight=0.0, crosshead_box_weight=0.0, imitation_weight=weight,
-                        imitation_mode=mode, **kw)
+    return distilling_criterion(NUM_CLASSES, ld_weight=0.25, vlr_weight=0.25, kd_weight=1.0, crosshead_ld_weight=0.0,
+                                crosshead_kd_weight=0.0, crosshead_box_weight=0.0, imitation_weight=weight,
+                                imitation_mode=mode, **kw)
 
 
 def test_distiller_returns_both_fpn_maps_and_removes_its_hooks():
@@ -359,8 +360,9 @@ def test_criterion_loss_im_is_the_formula_on_its_region():
         student = crit.flatten(s_out)
         t = crit.assign(student, targets())
         region, background = imitation_region(mode, student, crit.flatten(t_out, "teacher"), t,
-                                              crit.imitation_gi_topk, crit.imitation_gi_iou_thr,
-                                              crit.imitation_gi_per_image)
+                                              crit.distill_terms.imitation_gi_topk,
+                                              crit.distill_terms.imitation_gi_iou_thr,
+                                              crit.distill_terms.imitation_gi_per_image)
         want = 0.0
         start = 0
         for lvl, n in enumerate(student.num_level_anchors):

@@ -132,7 +132,8 @@ def test_bf16_autocast_step_gives_float32_losses_and_learns():
     """One batch, repeated: under CPU bf16 autocast the losses are float32, finite, and fall."""
     from locdistill.data.loader import build_dataloader, build_dataset
     from locdistill.engine.device import Precision, targets_to
-    from locdistill.models.build import build_criterion, build_detector
+    from locdistill.distill import build_criterion
+    from locdistill.models.build import build_detector
 
     cfg = load_config(CONFIG, _with("train.amp=True"))
     data = build_dataset(cfg.data, "train")

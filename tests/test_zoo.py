@@ -25,6 +25,7 @@ from locdistill.config import BackboneConfig, Config, HeadConfig, ModelConfig, N
 from locdistill.errors import CheckpointError, ConfigError
 from locdistill.losses import quality_focal_loss
 from locdistill.models import DeformConv2d, GFLv2Head, Res2Net, ResNet, build_detector
+from criteria import distilling_criterion
 from locdistill.models.criterion import GFLCriterion
 from locdistill.models.gfl_head import distribution_stats, joint_score_logits
 from locdistill.tools.import_mmdet import (detect_source, import_checkpoint, infer_model_config, matching_configs,
@@ -378,8 +379,8 @@ def test_gflv2_student_trains_and_kd_uses_raw_logits():
     # teacher with the same raw class logits but another quality: KD (on raw logits) is zero
     detached = {k: [t.detach() for t in v] for k, v in out.items()}
     teacher = dict(detached, cls_logits=[c - 3.0 for c in detached["cls_logits"]])
-    kd = GFLCriterion(3, reg_max=4, ld_weight=0, vlr_weight=0, kd_weight=10, crosshead_ld_weight=0.0,
-                      crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
+    kd = distilling_criterion(3, reg_max=4, ld_weight=0, vlr_weight=0, kd_weight=10, crosshead_ld_weight=0.0,
+                              crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
     assert kd(detached, TARGETS, teacher_outputs=teacher)["loss_kd"].item() == pytest.approx(0.0, abs=1e-7)
     teacher_v1 = {"cls_logits": detached["raw_cls_logits"], "box_logits": detached["box_logits"]}  # a GFL v1 teacher
     assert kd(detached, TARGETS, teacher_outputs=teacher_v1)["loss_kd"].item() == pytest.approx(0.0, abs=1e-7)
@@ -404,8 +405,9 @@ def test_gflv2_teacher_from_an_ld_repo_checkpoint_distils_a_v1_student(tmp_path)
     d = Distiller(student, teacher).train()
     s_out, t_out = d(torch.randn(2, 3, 64, 64))
     assert "raw_cls_logits" in t_out and "raw_cls_logits" not in s_out
-    losses = GFLCriterion(3, reg_max=4, ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0,
-                          crosshead_kd_weight=0.0, crosshead_box_weight=0.0)(s_out, TARGETS, teacher_outputs=t_out)
+    crit = distilling_criterion(3, reg_max=4, ld_weight=0.25, vlr_weight=0.25, kd_weight=10.0, crosshead_ld_weight=0.0,
+                                crosshead_kd_weight=0.0, crosshead_box_weight=0.0)
+    losses = crit(s_out, TARGETS, teacher_outputs=t_out)
     assert {"loss_ld", "loss_ld_vlr", "loss_kd"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
 

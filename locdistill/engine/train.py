@@ -161,7 +161,8 @@ def build_training(cfg: Config, device: torch.device):
     to equal length, val shards not).
     """
     from ..data.loader import build_dataloader, build_dataset
-    from ..models.build import build_criterion, build_detector
+    from ..distill import build_criterion
+    from ..models.build import build_detector
 
     with dist.main_process_first():  # rank 0 generates/caches dataset files before the others read them
         train_set = build_dataset(cfg.data, "train")

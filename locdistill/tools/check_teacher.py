@@ -295,7 +295,7 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
             dense = criterion.flatten(s_out)
             asg = criterion.assign(dense, gt, [t["pad_shape"] for t in targets])
             tg = criterion.box_targets(dense, asg)
-            pos, vlr = asg.pos, vlr_weights(asg, criterion.vlr_iou_mode) > 0  # [B, A]
+            pos, vlr = asg.pos, vlr_weights(asg, criterion.distill_terms.vlr_iou_mode) > 0  # [B, A]
             masks = {"none": torch.zeros_like(pos), "positives": pos, "vlr": vlr, "pos+vlr": pos | vlr,
                      "all": torch.ones_like(pos)}
             t_boxes = decode_boxes(t_out["box_logits"], dense.centers)  # [B, A, 4]
@@ -341,7 +341,7 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
     from ..data.loader import build_dataloader
     from ..distill import check_compatible
     from ..engine.device import select_device
-    from ..models.build import build_criterion
+    from ..distill import build_criterion
 
     if images is not None and images < 1:
         raise ConfigError(f"--images must be >= 1 (got {images})")
@@ -367,7 +367,7 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
     student.to(device)
     teacher.to(device)
     cfg.model = s_cfg.model  # with the checkpoint's class count
-    criterion = build_criterion(cfg)
+    criterion = build_criterion(cfg, distill=True)  # with the distill terms: the VLR's distill.vlr_iou_mode
     subset = dataset if images is None else torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
     loader = build_dataloader(subset, cfg.data.batch_size, cfg.data.workers, shuffle=False,
                               size_divisor=cfg.data.size_divisor)
