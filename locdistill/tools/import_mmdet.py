@@ -35,6 +35,7 @@ from .. import __version__
 from ..checkpoint import (atomic_torch_save, checkpoint_num_classes, extract_state_dict, format_diff, load_checkpoint,
                           state_dict_diff)
 from ..config import Config, ModelConfig, config_to_dict, load_config
+from ..errors import CheckpointError
 from ..mmdet_format import (checkpoint_classes, describe_model, detect_source, infer_model_config, matching_configs,
                             mismatch_hint, normalize_state_dict, safe_metadata)
 from ..models.build import build_detector
