@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from .config_aliases import config_alias
+from .config_aliases import closest_names, config_alias
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -329,8 +329,6 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
     hits = [n for n in list_configs() if n.split("/")[-1] == name]
     if len(hits) == 1:
         return CONFIG_DIR / (hits[0] + ".py")
-    from .config_aliases import closest_names
-
     close = closest_names(name, list_configs())  # shipped names and the foreign names of config_aliases
     hint = ("did you mean: " + ", ".join(close)) if close else "run `locdistill configs` to list them"
     raise ConfigError(f"config '{s}' not found: it is neither an existing .py file nor a shipped config name; {hint}")

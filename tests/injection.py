@@ -1,6 +1,8 @@
 """Fault injection for training tests: make the criterion misbehave at a chosen step."""
 from __future__ import annotations
 
+import locdistill.engine.train as train
+
 
 class Injecting:
     """Wraps a criterion: applies ``action(losses)`` at its n-th call (1-based); ``action`` may
@@ -18,8 +20,7 @@ class Injecting:
 
 
 def inject(monkeypatch, at: int, action) -> None:
-    """Make every criterion built from now on (``build_criterion``) an :class:`Injecting` one."""
-    import locdistill.models.build as build
-
-    real = build.build_criterion
-    monkeypatch.setattr(build, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))
+    """Make every criterion the training loop builds from now on an :class:`Injecting` one
+    (patched where :mod:`locdistill.engine.train` looks ``build_criterion`` up)."""
+    real = train.build_criterion
+    monkeypatch.setattr(train, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))

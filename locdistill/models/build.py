@@ -1,10 +1,17 @@
-"""Build modules from the typed config (constructor injection, no registries)."""
+"""Build modules from the typed config (constructor injection, no registries).
+
+:func:`load_detector` is the one place that builds a detector and loads a checkpoint into it
+(``test``, ``predict``, ``benchmark``, ``visualize-distribution``, ``check-teacher``, the demo
+and the distillation teacher all go through it).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+import os
+from typing import TYPE_CHECKING, Mapping, Optional, Union
 
-from ..config import ModelConfig
+from ..checkpoint import checkpoint_classes, checkpoint_num_classes, load_checkpoint, load_model_weights
+from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from .backbones import Res2Net, ResNet
 from .detector import GFL
@@ -22,7 +29,6 @@ CRITERION_DISTILL_FIELDS = (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..config import Config
     from .criterion import GFLCriterion
 
 
@@ -95,7 +101,9 @@ def build_criterion(cfg: "Config", **changes) -> "GFLCriterion":
     weights, temperatures and modes), so each is passed by its own name. ``changes`` override
     single arguments (by the same names).
     """
-    from .criterion import GFLCriterion  # criterion → distill → teacher → build: imported on use
+    # criterion imports build_criterion from here and the distill terms (whose package imports
+    # distill.teacher, which imports this module): a module-level import would be a cycle
+    from .criterion import GFLCriterion
 
     head, d = cfg.model.head, cfg.distill
     args = dict(num_classes=cfg.model.num_classes, reg_max=head.reg_max, strides=tuple(head.strides),
@@ -104,3 +112,37 @@ def build_criterion(cfg: "Config", **changes) -> "GFLCriterion":
     args.update((name, getattr(d, name)) for name in CRITERION_DISTILL_FIELDS)
     args.update(changes)
     return GFLCriterion(**args)
+
+
+def load_detector(cfg: Config, checkpoint: Union[str, os.PathLike, Mapping, None], strict: bool = True,
+                  num_classes: Optional[int] = None, source: Optional[str] = None, teacher_config: str = ""
+                  ) -> tuple[GFL, Optional[list[str]]]:
+    """Build the detector of ``cfg.model`` and load ``checkpoint`` into it (strictly by default).
+
+    ``checkpoint``: a path, a checkpoint dict already read with
+    :func:`~locdistill.checkpoint.load_checkpoint`, or None (the model keeps its initialisation).
+    ``cfg.model.num_classes`` is set in place to the checkpoint's class count (its recorded class
+    names, else its classifier's rows), else to ``num_classes`` (e.g. the dataset's) when given.
+    ``source`` names the file in errors (default: the path); ``teacher_config`` makes a mismatch's
+    fix name a teacher config (see :func:`~locdistill.checkpoint.load_model_weights`).
+
+    Returns ``(model, classes)``: the model on the CPU in train mode, and the class names the
+    checkpoint records (None when it records none). Key / shape mismatches raise
+    :class:`~locdistill.errors.CheckpointError` naming ``source``.
+    """
+    ckpt = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, Mapping):
+            source = source or str(checkpoint)
+            checkpoint = load_checkpoint(checkpoint)
+        ckpt = checkpoint
+    file_classes = checkpoint_num_classes(ckpt) if ckpt is not None else None
+    if file_classes:
+        cfg.model.num_classes = file_classes
+    elif num_classes is not None:
+        cfg.model.num_classes = num_classes
+    model = build_detector(cfg.model)
+    if ckpt is None:
+        return model, None
+    load_model_weights(model, ckpt, strict=strict, source=source or "checkpoint", teacher_config=teacher_config)
+    return model, checkpoint_classes(ckpt)
