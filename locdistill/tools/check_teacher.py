@@ -61,7 +61,8 @@ from ..engine.device import select_device
 from ..engine.evaluate import image_metas, score_detections
 from ..engine.logging import make_progress
 from ..errors import CheckpointError, ConfigError
-from ..models.build import build_criterion, load_detector
+from ..models.build import build_criterion
+from ..models.build import load_detector as build_and_load
 from ..postprocess import postprocess
 
 HELPS_AP = 2.0  # main-LD headroom (AP points) from which LD is likely to help ...
@@ -161,9 +162,10 @@ def _load_config(role: str, config: str, overrides: Sequence[str]):
         raise ConfigError(f"{role} config: {e}") from None
 
 
-def load_role_detector(role: str, config: str, checkpoint: str, overrides: Sequence[str] = (),
+def load_detector(role: str, config: str, checkpoint: str, overrides: Sequence[str] = (),
                   num_classes: Optional[int] = None):
-    """Build ``role``'s ("student" / "teacher") detector from its config and load its checkpoint strictly.
+    """Build ``role``'s ("student" / "teacher") detector from its config and load its checkpoint strictly
+    (:func:`locdistill.models.build.load_detector`).
 
     The class count is the checkpoint's (recorded names or classifier rows), else ``num_classes``.
     Returns ``(cfg, model in eval mode, class count of the checkpoint or None)``. Missing files and
@@ -175,8 +177,8 @@ def load_role_detector(role: str, config: str, checkpoint: str, overrides: Seque
     ckpt = load_checkpoint(checkpoint)
     file_classes = checkpoint_num_classes(ckpt)
     try:
-        model, _ = load_detector(cfg, ckpt, strict=True, num_classes=num_classes,
-                                 source=f"{role} checkpoint {checkpoint}")
+        model, _ = build_and_load(cfg, ckpt, strict=True, num_classes=num_classes,
+                                  source=f"{role} checkpoint {checkpoint}")
     except CheckpointError as e:
         if role != "teacher":
             raise
@@ -335,12 +337,12 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
     _load_config("teacher", teacher_config, teacher_overrides)  # its errors now, not after reading the data
     dataset = eval_dataset(cfg, split)
     classes = len(dataset.classes)
-    s_cfg, student, s_classes = load_role_detector("student", student_config, student_checkpoint, overrides, classes)
+    s_cfg, student, s_classes = load_detector("student", student_config, student_checkpoint, overrides, classes)
     if s_classes and s_classes != classes:
         raise ConfigError(f"student checkpoint {student_checkpoint} predicts {s_classes} classes but its data "
                           f"({getattr(dataset, 'json_path', cfg.data.dataset)}) has {classes}; check the student "
                           "config (--set data....) the checkpoint was trained with")
-    _, teacher, _ = load_role_detector("teacher", teacher_config, teacher_checkpoint, teacher_overrides, classes)
+    _, teacher, _ = load_detector("teacher", teacher_config, teacher_checkpoint, teacher_overrides, classes)
     if teacher.num_classes != student.num_classes:
         raise ConfigError(f"teacher checkpoint {teacher_checkpoint} predicts {teacher.num_classes} classes but "
                           f"student checkpoint {student_checkpoint} predicts {student.num_classes}; use a teacher "
