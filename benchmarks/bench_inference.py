@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from locdistill.config import ModelConfig, TestConfig, load_config  # noqa: E402
 from locdistill.models import build_detector  # noqa: E402
-from locdistill.postprocess import postprocess  # noqa: E402
+from locdistill.models.postprocess import postprocess  # noqa: E402
 
 MEAN = torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1)
 STD = torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)

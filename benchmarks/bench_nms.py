@@ -5,7 +5,7 @@ Candidates look like a detector's: boxes jittered around a few objects per image
 uniform in (0.05, 1). For each size (1,000 and 5,000 candidates) and class count (80
 and 5), in one run and on the same data:
 
-- ``voting``: :func:`locdistill.postprocess.voting_cluster_diou_nms` (``test.nms=
+- ``voting``: :func:`locdistill.nms.voting_cluster_diou_nms` (``test.nms=
   "voting_cluster_diou"``, DESIGN §6),
 - ``nms``: ``torchvision.ops.batched_nms`` at IoU 0.6 (no voting),
 - ``loop``: ``batched_nms`` then score voting one kept box at a time, the way
@@ -34,7 +34,7 @@ from torchvision.ops import batched_nms, box_iou
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locdistill.postprocess import voting_cluster_diou_nms, voting_cluster_diou_nms_dense  # noqa: E402
+from locdistill.nms import voting_cluster_diou_nms, voting_cluster_diou_nms_dense  # noqa: E402
 
 IMAGE_W, IMAGE_H = 1333, 800
 
@@ -88,7 +88,7 @@ def median_ms(fn, repeats: int) -> float:
 def gfl_r50_ms(iters: int) -> float:
     from locdistill.config import ModelConfig, TestConfig
     from locdistill.models import build_detector
-    from locdistill.postprocess import postprocess
+    from locdistill.models.postprocess import postprocess
 
     model = build_detector(ModelConfig(num_classes=80)).eval()
     x = torch.randn(1, 3, 800, 1344)

@@ -65,7 +65,7 @@ from locdistill.config import TestConfig, TrainConfig, load_config  # noqa: E402
 from locdistill.distill import Distiller  # noqa: E402
 from locdistill.engine.train import Precision, targets_to  # noqa: E402
 from locdistill.models.build import build_criterion, build_detector  # noqa: E402
-from locdistill.postprocess import postprocess  # noqa: E402
+from locdistill.models.postprocess import postprocess  # noqa: E402
 
 GOAL_AMP = 1.8  # best AMP variant img/s / fp32 img/s, at least
 GOAL_VS_FCOS = 1.0  # GFL step time / FCOS step time, at most

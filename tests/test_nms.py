@@ -7,8 +7,8 @@ import torch
 from torchvision.ops import batched_nms
 
 from locdistill.config import TestConfig as InferenceCfg
-from locdistill.postprocess import (get_nms, pair_diou, postprocess, voting_cluster_diou_nms,
-                                    voting_cluster_diou_nms_dense)
+from locdistill.models.postprocess import postprocess
+from locdistill.nms import get_nms, pair_diou, voting_cluster_diou_nms, voting_cluster_diou_nms_dense
 
 
 def clustered(n, groups, objects=12, seed=0, size=400.0):

@@ -9,7 +9,7 @@ from torchvision.ops import batched_nms
 
 from locdistill.config import TestConfig as InferenceCfg
 from locdistill.errors import ConfigError
-from locdistill.postprocess import postprocess
+from locdistill.models.postprocess import postprocess
 
 STRIDES = (8, 16)
 REG_MAX = 4

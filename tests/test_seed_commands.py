@@ -124,7 +124,7 @@ def test_an_unknown_name_lists_the_closest_shipped_and_foreign_names():
 
 
 def test_the_reference_nms_spelling_is_accepted():
-    from locdistill.postprocess import get_nms
+    from locdistill.nms import get_nms
 
     cfg = load_config("gfl/gfl_r18_fpn_coco_1x", ["test.nms=voting_cluster_diounms"])
     assert get_nms(cfg.test.nms) is get_nms("voting_cluster_diou")

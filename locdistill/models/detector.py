@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from ..config import TestConfig
 from ..errors import ConfigError
+from .postprocess import postprocess
 
 
 class GFL(nn.Module):
@@ -62,13 +63,11 @@ class GFL(nn.Module):
     @torch.no_grad()
     def predict(self, images: Tensor, image_metas: Sequence[Mapping],
                 test_cfg: Optional[TestConfig] = None) -> list[dict[str, Tensor]]:
-        """Forward + :func:`locdistill.postprocess.postprocess` (no gradients).
+        """Forward + :func:`locdistill.models.postprocess.postprocess` (no gradients).
 
         ``image_metas``: per image ``img_shape (h, w)`` and ``scale_factor (w_scale, h_scale)``.
         Returns per image ``boxes [K,4]`` (original-image pixels), ``scores [K]``, ``labels [K]``.
         Call ``.eval()`` first: the mode is left as the caller set it.
         """
-        from ..postprocess import postprocess
-
         outputs = self(images)
         return postprocess(outputs, image_metas, test_cfg or TestConfig(), self.strides, self.reg_max)
