@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import json
 import os
 import pprint
@@ -176,8 +177,6 @@ DEFAULT_RECIPE = "crosshead"
 def recipe_values(name: str, num_classes: int) -> dict[str, float]:
     """The DistillConfig field values of recipe ``name`` for a detector with ``num_classes`` classes."""
     if name not in RECIPES:
-        import difflib
-
         close = difflib.get_close_matches(name, list(RECIPES), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown distillation recipe '{name}'{hint}; recipes: {', '.join(RECIPES)}")
@@ -228,8 +227,6 @@ class DistillConfig:
     def __post_init__(self) -> None:
         IMITATION_MODES = self._imitation_modes
         if self.imitation_mode not in ("",) + IMITATION_MODES:
-            import difflib
-
             close = difflib.get_close_matches(str(self.imitation_mode), IMITATION_MODES, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"config key 'distill.imitation_mode': unknown region {self.imitation_mode!r}{hint}; "
@@ -456,8 +453,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     """The error for a key that is not a config field, with the closest valid ones."""
-    import difflib
-
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: " + ", ".join(valid))
