@@ -13,7 +13,7 @@ numpy values or mmcv/mmengine objects (which ``weights_only`` refuses) are read 
 by :func:`restricted_load`: an unpickler that resolves only a short list of globals
 (tensor rebuilding, ``OrderedDict``, numpy arrays/scalars/dtypes, a few builtins),
 turns classes of ``mmcv`` / ``mmengine`` / ``mmdet`` / ``addict`` into inert
-:class:`UnloadedObject` stand-ins without importing them, and refuses anything else:
+:class:`~locdistill.mmdet_format.UnloadedObject` stand-ins without importing them, and refuses anything else:
 it never imports a module the file names and never calls a function outside its list.
 """
 from __future__ import annotations
@@ -27,13 +27,16 @@ import tempfile
 import types
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import torch
+import torch._utils as tu
 from torch import nn
 
 from . import __version__
 from .errors import CheckpointError
+from .mmdet_format import (STAND_IN_ROOTS, UnloadedObject, stand_in, checkpoint_classes, mismatch_hint,
+                           normalize_state_dict)
 
 
 def _umask() -> int:
@@ -173,56 +176,8 @@ def _what_is_wrong(path: Path, e: Exception) -> str:
 # restricted unpickling of third-party checkpoints
 
 
-class UnloadedObject(dict):
-    """Inert stand-in for a pickled object whose class the restricted loader does not import.
-
-    Used for classes of ``mmcv`` / ``mmengine`` / ``mmdet`` / ``addict`` found in the
-    metadata of mmdetection / LD-repo checkpoints (``ConfigDict``, ``HistoryBuffer``...).
-    It keeps what the pickle carried as plain data: dict items (it is a ``dict``),
-    ``args`` / ``kwargs`` (constructor arguments), ``items_appended`` (list items) and
-    ``state``; it has no behaviour. ``pickled_name`` is the original ``module.Class``.
-    (The stand-in types cannot be pickled again: they are not importable by name.)
-    """
-
-    pickled_name = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = super().__new__(cls)
-        obj.args, obj.kwargs, obj.items_appended, obj.state = args, kwargs, [], None
-        return obj
-
-    def __init__(self, *args, **kwargs):  # never runs the original constructor
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def append(self, item):
-        self.items_appended.append(item)
-
-    def extend(self, items):
-        self.items_appended.extend(items)
-
-    def __repr__(self) -> str:
-        return f"<unloaded {self.pickled_name}>"
-
-
-# modules whose classes may appear in checkpoint metadata; mapped to UnloadedObject, never imported
-_STAND_IN_ROOTS = ("mmcv", "mmengine", "mmdet", "addict")
-_stand_in_types: dict[str, type] = {}
-
-
-def _stand_in(module: str, name: str) -> type:
-    full = f"{module}.{name}"
-    if full not in _stand_in_types:
-        _stand_in_types[full] = type(name, (UnloadedObject,), {"pickled_name": full, "__module__": __name__})
-    return _stand_in_types[full]
-
-
 def _allowed_global(module: str, name: str):
     """The object a pickle may reference as ``module.name``, or None if it is not allowed."""
-    import torch._utils as tu
-
     if module in ("builtins", "__builtin__"):
         return {"set": set, "frozenset": frozenset, "complex": complex, "bytearray": bytearray}.get(name)
     if (module, name) == ("collections", "OrderedDict"):
@@ -277,8 +232,8 @@ class RestrictedUnpickler(pickle._Unpickler):  # the pure-Python unpickler, so B
         value = _allowed_global(module, name)
         if value is not None:
             return value
-        if module.split(".")[0] in _STAND_IN_ROOTS:
-            return _stand_in(module, name)
+        if module.split(".")[0] in STAND_IN_ROOTS:
+            return stand_in(module, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed")
 
     def load_build(self):
@@ -338,6 +293,20 @@ def extract_state_dict(ckpt: Mapping, source: str = "checkpoint") -> dict[str, t
     return sd
 
 
+def checkpoint_num_classes(ckpt: Mapping) -> Optional[int]:
+    """How many classes a checkpoint's detector predicts: its recorded class names, else the
+    rows of its classifier (``bbox_head.gfl_cls.weight``, a bare state dict too), else None."""
+    classes = checkpoint_classes(ckpt)
+    if classes:
+        return len(classes)
+    try:
+        state, _ = normalize_state_dict(extract_state_dict(ckpt))
+    except CheckpointError:
+        return None
+    weight = state.get("bbox_head.gfl_cls.weight")
+    return int(weight.shape[0]) if weight is not None else None
+
+
 def _group(keys: list[str], depth: int = 2) -> str:
     groups: dict[str, int] = defaultdict(int)
     for k in keys:
@@ -387,8 +356,6 @@ def load_model_weights(
     source = source or "checkpoint"
     sd = extract_state_dict(ckpt, source)
     # mmdetection 2.x/3.x, GFocalV2 and LD-repo layouts: drop teacher weights, fill fixed buffers
-    from .tools.import_mmdet import mismatch_hint, normalize_state_dict
-
     sd, _ = normalize_state_dict(sd, own=model.state_dict())
     diff = state_dict_diff(model, sd)
     if diff["shape"] or (strict and (diff["missing"] or diff["unexpected"])):

@@ -67,37 +67,23 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-
-    from .checkpoint import load_checkpoint, load_model_weights
+    from .checkpoint import load_checkpoint
     from .config import load_config
-    from .data.loader import build_dataloader, build_dataset
-    from .engine.evaluate import evaluate
-    from .engine.logging import info, metrics_table, print_table
+    from .data.loader import build_dataset
     from .engine import dist
-    from .models.build import build_detector
+    from .engine.evaluate import test
+    from .engine.logging import info, metrics_table, print_table
 
     cfg = load_config(args.config, args.overrides)
     ckpt = load_checkpoint(args.checkpoint)
     device = dist.init_distributed(cfg.train.device)  # under torchrun each process scores a shard
     with dist.main_process_first():
         val_set = build_dataset(cfg.data, "val")
-    from .tools.import_mmdet import checkpoint_num_classes
-
-    # recorded class names (locdistill, mmdet 2.x, mmengine), else the classifier's rows of a bare state dict
-    num_classes = checkpoint_num_classes(ckpt) or len(val_set.classes)
-    cfg.model.num_classes = num_classes
-    if num_classes != len(val_set.classes):
-        raise LocDistillError(
-            f"checkpoint {args.checkpoint} predicts {num_classes} classes but {val_set.json_path} "
-            f"has {len(val_set.classes)}; evaluate on the dataset it was trained for "
-            "(--set data.val_json=... data.val_images=...)")
-    model = build_detector(cfg.model)
-    load_model_weights(model, ckpt, strict=True, source=str(args.checkpoint))
-    model.to(device)
-    loader = build_dataloader(val_set, cfg.data.batch_size, cfg.data.workers, shuffle=False, distributed=True)
     metric = args.eval or getattr(val_set, "default_metric", "bbox")  # VOC data: mAP
     t0 = time.perf_counter()
-    metrics, results = evaluate(model, loader, cfg, val_set, device, out=args.out, metric=metric)
+    # the class count follows the checkpoint (recorded names, else the classifier's rows of a bare state dict)
+    metrics, results = test(cfg, ckpt, val_set, device, source=str(args.checkpoint), distributed=True,
+                            out=args.out, metric=metric)
     dt = time.perf_counter() - t0
     kind = {"bbox": "COCO bbox", "mAP": "VOC mAP"}[metric]
     columns = {"columns": ("mAP", "AP", "AP50", "AP75", "AR100")} if metric == "mAP" else {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import json
 import os
 import pprint
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Tuple
 
-from .config_aliases import config_alias
+from .config_aliases import closest_names, config_alias
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -176,8 +177,6 @@ DEFAULT_RECIPE = "crosshead"
 def recipe_values(name: str, num_classes: int) -> dict[str, float]:
     """The DistillConfig field values of recipe ``name`` for a detector with ``num_classes`` classes."""
     if name not in RECIPES:
-        import difflib
-
         close = difflib.get_close_matches(name, list(RECIPES), n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"unknown distillation recipe '{name}'{hint}; recipes: {', '.join(RECIPES)}")
@@ -228,8 +227,6 @@ class DistillConfig:
     def __post_init__(self) -> None:
         IMITATION_MODES = self._imitation_modes
         if self.imitation_mode not in ("",) + IMITATION_MODES:
-            import difflib
-
             close = difflib.get_close_matches(str(self.imitation_mode), IMITATION_MODES, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise ConfigError(f"config key 'distill.imitation_mode': unknown region {self.imitation_mode!r}{hint}; "
@@ -329,8 +326,6 @@ def resolve_config_path(path_or_name: str | os.PathLike) -> Path:
     hits = [n for n in list_configs() if n.split("/")[-1] == name]
     if len(hits) == 1:
         return CONFIG_DIR / (hits[0] + ".py")
-    from .config_aliases import closest_names
-
     close = closest_names(name, list_configs())  # shipped names and the foreign names of config_aliases
     hint = ("did you mean: " + ", ".join(close)) if close else "run `locdistill configs` to list them"
     raise ConfigError(f"config '{s}' not found: it is neither an existing .py file nor a shipped config name; {hint}")
@@ -458,8 +453,6 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     """The error for a key that is not a config field, with the closest valid ones."""
-    import difflib
-
     close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return ConfigError(f"unknown config key '{key}'{hint}; valid keys: " + ", ".join(valid))

@@ -1,6 +1,8 @@
 """Fault injection for training tests: make the criterion misbehave at a chosen step."""
 from __future__ import annotations
 
+import locdistill.engine.train as train
+
 
 class Injecting:
     """Wraps a criterion: applies ``action(losses)`` at its n-th call (1-based); ``action`` may
@@ -18,12 +20,7 @@ class Injecting:
 
 
 def inject(monkeypatch, at: int, action) -> None:
-    """Make every criterion the training loop builds from now on (``build_criterion``) an :class:`Injecting` one
-    (patched where :mod:`locdistill.engine.train` looks it up: its own module when it imports it there,
-    else the :mod:`locdistill.distill` package it imports it from on use)."""
-    import locdistill.distill
-    import locdistill.engine.train as train
-
-    owner = train if hasattr(train, "build_criterion") else locdistill.distill
-    real = owner.build_criterion
-    monkeypatch.setattr(owner, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))
+    """Make every criterion the training loop builds from now on an :class:`Injecting` one
+    (patched where :mod:`locdistill.engine.train` looks ``build_criterion`` up)."""
+    real = train.build_criterion
+    monkeypatch.setattr(train, "build_criterion", lambda cfg: Injecting(real(cfg), at, action))

@@ -25,6 +25,7 @@ from .coco import CocoDetection
 from .digits import FreshDigits, ensure_digits
 from .repeat import RepeatDataset
 from .transforms import Normalize, build_transforms, split_normalize
+from .voc import VOCDetection
 
 
 class WorkerTraceback(Exception):
@@ -205,8 +206,6 @@ def build_dataset(data_cfg, split: str):
     if data_cfg.map_mode not in ("auto", "area", "11points"):  # checked now, not after an epoch of training
         raise ConfigError(f"data.map_mode={data_cfg.map_mode!r} is not valid; use 'auto', 'area' or '11points'")
     if data_cfg.dataset == "voc":
-        from .voc import VOCDetection
-
         dataset = VOCDetection(getattr(data_cfg, f"voc_{split}"), data_cfg.voc_root,
                                transforms=build_transforms(data_cfg, train=train), classes=classes,
                                filter_empty_gt=bool(data_cfg.filter_empty_gt) and train, skip_bad=data_cfg.skip_bad)

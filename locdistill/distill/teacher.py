@@ -9,10 +9,9 @@ from pathlib import Path
 
 from torch import nn
 
-from ..checkpoint import load_checkpoint, load_model_weights
 from ..config import load_config
 from ..errors import ConfigError
-from ..models.build import build_detector
+from ..models.build import load_detector
 
 __all__ = ["build_teacher", "check_compatible"]
 
@@ -42,15 +41,12 @@ def check_compatible(student: nn.Module, teacher: nn.Module, need_same_classes: 
             "use a teacher trained on the same dataset or set distill.kd_weight=0")
 
 
-
 def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int | None = None) -> nn.Module:
     """Build the teacher from its own config and load its checkpoint **strictly**.
 
     ``num_classes`` is taken from the checkpoint's metadata when it records classes,
     else from ``num_classes`` (the student's dataset).
     """
-    from ..tools.import_mmdet import checkpoint_num_classes  # tools/ sits below distill/: imported on use
-
     if not teacher_config or not teacher_checkpoint:
         raise ConfigError("distillation needs both distill.teacher_config and distill.teacher_checkpoint "
                           "(e.g. --set distill.teacher_config=gfl/gfl_r101_fpn_mstrain_2x_coco "
@@ -60,14 +56,7 @@ def build_teacher(teacher_config: str, teacher_checkpoint: str, num_classes: int
         raise ConfigError(
             f"teacher checkpoint {teacher_checkpoint} does not exist (distill.teacher_checkpoint); download or "
             "train the teacher first, or pass --set distill.teacher_checkpoint=PATH (see docs/distillation.md)")
-    ckpt = load_checkpoint(teacher_checkpoint)
-    # recorded class names (any of locdistill's / mmdetection's spellings), else the classifier's rows
-    file_classes = checkpoint_num_classes(ckpt)
-    if file_classes:
-        tcfg.model.num_classes = file_classes
-    elif num_classes is not None:
-        tcfg.model.num_classes = num_classes
-    teacher = build_detector(tcfg.model)
-    load_model_weights(teacher, ckpt, strict=True, source=f"teacher checkpoint {teacher_checkpoint}",
-                       teacher_config=teacher_config)
+    # classes: the recorded names (any of locdistill's / mmdetection's spellings), else the classifier's rows
+    teacher, _ = load_detector(tcfg, teacher_checkpoint, strict=True, num_classes=num_classes,
+                               source=f"teacher checkpoint {teacher_checkpoint}", teacher_config=teacher_config)
     return teacher

@@ -25,7 +25,10 @@ import torch
 from torch import nn
 
 from ..config import Config, TrainConfig, save_config
+from ..data.loader import build_dataloader, build_dataset, set_epoch
+from ..distill import Distiller, build_criterion, build_teacher
 from ..errors import CheckpointError, ConfigError, TrainingError
+from ..models.build import build_detector
 from . import dist
 from .device import Precision, seed_everything, set_determinism, targets_to
 from .evaluate import evaluate
@@ -160,10 +163,6 @@ def build_training(cfg: Config, device: torch.device):
     The loaders shard by rank when a process group is initialised (train shards padded
     to equal length, val shards not).
     """
-    from ..data.loader import build_dataloader, build_dataset
-    from ..distill import build_criterion
-    from ..models.build import build_detector
-
     with dist.main_process_first():  # rank 0 generates/caches dataset files before the others read them
         train_set = build_dataset(cfg.data, "train")
         val_set = build_dataset(cfg.data, "val")
@@ -185,8 +184,6 @@ def build_training(cfg: Config, device: torch.device):
                                   pin_memory=pin)
     model = build_detector(cfg.model)
     if cfg.distill.teacher_config:
-        from ..distill import Distiller, build_teacher
-
         teacher = build_teacher(cfg.distill.teacher_config, cfg.distill.teacher_checkpoint, num_classes)
         model = Distiller.from_config(model, teacher, cfg.distill)  # + cross-head when its weights are set
         d = cfg.distill
@@ -313,8 +310,6 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
              f"its evaluation, so there is nothing to do. To train longer, resume with --set train.epochs=N, "
              f"N > {state.epoch}")
     t_start = time.perf_counter()
-    from ..data.loader import set_epoch
-
     try:
         with GracefulInterrupt() as interrupt:
             ctx = TrainContext(model, criterion, optimizer, schedule, cfg, device, state, logger, precision, interrupt)

@@ -10,6 +10,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from ..data.coco import load_coco_json
+
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 _DESCRIPTIONS = (
     "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]",
@@ -65,9 +67,7 @@ def _load_gt(gt_json: str | os.PathLike | dict) -> dict:
     if isinstance(gt_json, dict):
         data = gt_json
     else:
-        from ..data.coco import load_coco_json  # one place for the file errors
-
-        data = load_coco_json(gt_json)
+        data = load_coco_json(gt_json)  # one place for the file errors
     kept = []
     for ann in data.get("annotations", []):
         if "bbox" in ann:

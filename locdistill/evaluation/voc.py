@@ -19,6 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..data.coco import load_coco_json
+from ..errors import ConfigError
+
 IOU_THRS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))  # 0.50, 0.55, ..., 0.95
 MODES = ("area", "11points")
 _EPS = np.finfo(np.float32).eps
@@ -206,8 +209,6 @@ def format_voc_table(result: Mapping[str, Any], classes: Sequence[str]) -> str:
 def coco_json_annotations(json_path, image_ids: Sequence[Any], cat_ids: Sequence[int]) -> list[dict]:
     """Ground truth of ``image_ids`` from a COCO-format JSON for VOC mAP: boxes xyxy,
     labels by position in ``cat_ids`` (other categories left out), crowd boxes as ignore."""
-    from ..data.coco import load_coco_json
-
     data = load_coco_json(json_path)
     label_of = {cid: k for k, cid in enumerate(cat_ids)}
     per_image: dict[Any, list] = {iid: [] for iid in image_ids}
@@ -233,8 +234,6 @@ def resolve_mode(mode: str, dataset: Any = None) -> str:
     if mode == "auto":
         return "11points" if getattr(dataset, "is_voc2007", False) else "area"
     if mode not in MODES:
-        from ..errors import ConfigError
-
         raise ConfigError(f"data.map_mode={mode!r} is not valid; use 'auto', 'area' or '11points'")
     return mode
 

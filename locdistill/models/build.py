@@ -1,7 +1,16 @@
-"""Build modules from the typed config (constructor injection, no registries)."""
+"""Build modules from the typed config (constructor injection, no registries).
+
+:func:`load_detector` is the one place that builds a detector and loads a checkpoint into it
+(``test``, ``predict``, ``benchmark``, ``visualize-distribution``, ``check-teacher``, the demo
+and the distillation teacher all go through it).
+"""
 from __future__ import annotations
 
-from ..config import ModelConfig
+import os
+from typing import Mapping, Optional, Union
+
+from ..checkpoint import checkpoint_classes, checkpoint_num_classes, load_checkpoint, load_model_weights
+from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from .backbones import Res2Net, ResNet
 from .detector import GFL
@@ -71,3 +80,36 @@ def build_detector(model_cfg: ModelConfig) -> GFL:
     head = HEAD_TYPES[h.type](model_cfg.num_classes, n.out_channels, **head_kw)
     return GFL(backbone, neck, head, strides=strides)
 
+
+def load_detector(cfg: Config, checkpoint: Union[str, os.PathLike, Mapping, None], strict: bool = True,
+                  num_classes: Optional[int] = None, source: Optional[str] = None, teacher_config: str = ""
+                  ) -> tuple[GFL, Optional[list[str]]]:
+    """Build the detector of ``cfg.model`` and load ``checkpoint`` into it (strictly by default).
+
+    ``checkpoint``: a path, a checkpoint dict already read with
+    :func:`~locdistill.checkpoint.load_checkpoint`, or None (the model keeps its initialisation).
+    ``cfg.model.num_classes`` is set in place to the checkpoint's class count (its recorded class
+    names, else its classifier's rows), else to ``num_classes`` (e.g. the dataset's) when given.
+    ``source`` names the file in errors (default: the path); ``teacher_config`` makes a mismatch's
+    fix name a teacher config (see :func:`~locdistill.checkpoint.load_model_weights`).
+
+    Returns ``(model, classes)``: the model on the CPU in train mode, and the class names the
+    checkpoint records (None when it records none). Key / shape mismatches raise
+    :class:`~locdistill.errors.CheckpointError` naming ``source``.
+    """
+    ckpt = None
+    if checkpoint is not None:
+        if not isinstance(checkpoint, Mapping):
+            source = source or str(checkpoint)
+            checkpoint = load_checkpoint(checkpoint)
+        ckpt = checkpoint
+    file_classes = checkpoint_num_classes(ckpt) if ckpt is not None else None
+    if file_classes:
+        cfg.model.num_classes = file_classes
+    elif num_classes is not None:
+        cfg.model.num_classes = num_classes
+    model = build_detector(cfg.model)
+    if ckpt is None:
+        return model, None
+    load_model_weights(model, ckpt, strict=strict, source=source or "checkpoint", teacher_config=teacher_config)
+    return model, checkpoint_classes(ckpt)

@@ -21,9 +21,15 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from ..config import load_config
+from ..data.loader import build_dataset
+from ..engine.device import select_device
 from ..errors import ConfigError, DatasetError
-from .predict import LoadedDetector, load_detector
+from ..inference import LoadedDetector, open_detector, prepare_tensor
+from ..models.postprocess import postprocess
 
 
 @dataclass
@@ -56,8 +62,6 @@ def _raw_images(cfg, synthetic: bool):
             yield image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_id": 0,
                           "ori_shape": (short_side, long_side), "img_shape": (short_side, long_side),
                           "scale_factor": (1.0, 1.0), "flip": False}
-    from ..data.loader import build_dataset
-
     try:
         dataset = build_dataset(cfg.data, "val")
     except DatasetError as e:
@@ -68,13 +72,8 @@ def _raw_images(cfg, synthetic: bool):
 
 
 def _prepare(det: LoadedDetector, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
-    from ..data.loader import collate
-    from ..data.transforms import build_transforms
-
-    image, target = build_transforms(det.cfg.data, train=False)(image, target)
-    images, targets = collate([(image, target)], size_divisor=det.cfg.data.size_divisor)
-    t = targets[0]
-    return images.to(det.device), {"img_shape": t["img_shape"], "scale_factor": t["scale_factor"]}
+    images, meta = prepare_tensor(image, target, det.cfg)
+    return images.to(det.device), meta
 
 
 def _sync(device: torch.device) -> None:
@@ -97,9 +96,6 @@ def fuse_conv_bn(model: torch.nn.Module) -> int:
     convolution gets the folded weight and bias and the BatchNorm becomes ``nn.Identity``.
     Deformable convolutions and GroupNorm are left alone. Returns the number of pairs fused.
     """
-    from torch import nn
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     def fusable(conv, bn) -> bool:
         return (type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats
                 and bn.running_mean is not None and conv.out_channels == bn.num_features)
@@ -126,8 +122,6 @@ def fuse_conv_bn(model: torch.nn.Module) -> int:
 
 @torch.inference_mode()
 def _time_one(det: LoadedDetector, images: torch.Tensor, meta: dict, amp: bool) -> float:
-    from ..models.postprocess import postprocess
-
     _sync(det.device)
     t0 = time.perf_counter()
     with _amp_context(det.device, amp):
@@ -135,6 +129,11 @@ def _time_one(det: LoadedDetector, images: torch.Tensor, meta: dict, amp: bool) 
     postprocess(outputs, [meta], det.cfg.test, det.model.strides, det.model.reg_max)
     _sync(det.device)
     return time.perf_counter() - t0
+
+
+def _open(config: str, checkpoint: Optional[str], overrides: Sequence[str], device: Optional[str]) -> LoadedDetector:
+    cfg = load_config(config, list(overrides))
+    return open_detector(cfg, checkpoint, select_device(device or cfg.train.device))
 
 
 def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[Sequence[str]] = None,
@@ -148,11 +147,11 @@ def benchmark(config: str, checkpoint: Optional[str] = None, compare: Optional[S
     """
     if images < 1 or warmup < 0:
         raise ConfigError(f"--images must be >= 1 and --warmup >= 0 (got {images}, {warmup})")
-    dets = [load_detector(config, checkpoint, overrides, device)]
+    dets = [_open(config, checkpoint, overrides, device)]
     if compare:
         if len(compare) > 2:
             raise ConfigError("--compare takes CONFIG2 and optionally CKPT2")
-        dets.append(load_detector(compare[0], compare[1] if len(compare) > 1 else None, overrides, device))
+        dets.append(_open(compare[0], compare[1] if len(compare) > 1 else None, overrides, device))
     if fuse:
         for d in dets:
             d.model.eval()

@@ -47,9 +47,22 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+import torch.utils.data
 from torch import Tensor
 
+from ..boxes import bbox_overlaps, distance2bbox
+from ..checkpoint import checkpoint_num_classes, load_checkpoint
+from ..config import load_config
+from ..data.digits import ensure_digits
+from ..data.loader import build_dataloader, build_dataset
+from ..distill import build_criterion, check_compatible
+from ..distill.regions import vlr_weights
+from ..engine.device import select_device
+from ..engine.evaluate import image_metas, score_detections
+from ..engine.logging import make_progress
 from ..errors import CheckpointError, ConfigError
+from ..models.build import load_detector as build_and_load
+from ..models.postprocess import postprocess
 
 HELPS_AP = 2.0  # main-LD headroom (AP points) from which LD is likely to help ...
 HELPS_SHARE = 60.0  # ... together with the teacher's box being better at this share (%) of the positives
@@ -142,8 +155,6 @@ class TeacherCheck:
 
 def _load_config(role: str, config: str, overrides: Sequence[str]):
     """``load_config`` whose errors say whose config ("student" / "teacher") is wrong."""
-    from ..config import load_config
-
     try:
         return load_config(config, list(overrides))
     except ConfigError as e:
@@ -152,25 +163,21 @@ def _load_config(role: str, config: str, overrides: Sequence[str]):
 
 def load_detector(role: str, config: str, checkpoint: str, overrides: Sequence[str] = (),
                   num_classes: Optional[int] = None):
-    """Build ``role``'s ("student" / "teacher") detector from its config and load its checkpoint strictly.
+    """Build ``role``'s ("student" / "teacher") detector from its config and load its checkpoint strictly
+    (:func:`locdistill.models.build.load_detector`).
 
     The class count is the checkpoint's (recorded names or classifier rows), else ``num_classes``.
     Returns ``(cfg, model in eval mode, class count of the checkpoint or None)``. Missing files and
     mismatching weights raise :class:`~locdistill.errors.LocDistillError` subclasses naming the role.
     """
-    from ..checkpoint import load_checkpoint, load_model_weights
-    from ..models.build import build_detector
-    from .import_mmdet import checkpoint_num_classes
-
     if not Path(checkpoint).is_file():
         raise CheckpointError(f"{role} checkpoint {checkpoint} does not exist; check the path")
     cfg = _load_config(role, config, overrides)
     ckpt = load_checkpoint(checkpoint)
     file_classes = checkpoint_num_classes(ckpt)
-    cfg.model.num_classes = file_classes or num_classes or cfg.model.num_classes
-    model = build_detector(cfg.model)
     try:
-        load_model_weights(model, ckpt, strict=True, source=f"{role} checkpoint {checkpoint}")
+        model, _ = build_and_load(cfg, ckpt, strict=True, num_classes=num_classes,
+                                  source=f"{role} checkpoint {checkpoint}")
     except CheckpointError as e:
         if role != "teacher":
             raise
@@ -187,15 +194,11 @@ def eval_dataset(cfg, split: str):
     ``digits_box_noise``; ``digits_fresh`` scenes are generated per epoch, so the fixed
     training set stands in); ``cfg.data`` is changed in place to point val at them.
     """
-    from ..data.loader import build_dataset
-
     if split not in ("val", "train"):
         raise ConfigError(f"split must be 'val' or 'train', got {split!r}")
     d = cfg.data
     if split == "train":
         if d.dataset == "digits":
-            from ..data.digits import ensure_digits
-
             paths = ensure_digits(d.digits_root, d.digits_train, d.digits_val, d.digits_image_size, d.digits_seed,
                                   d.digits_box_noise)
             d.dataset, d.val_json, d.val_images = "coco", str(paths["train_json"]), str(paths["train_images"])
@@ -241,8 +244,6 @@ def decode_boxes(box_levels: Sequence[Tensor], centers: Tensor) -> Tensor:
     Returns:
         ``[B, A, 4]`` xyxy boxes in stride units (the expected distance of each side's softmax).
     """
-    from ..boxes import distance2bbox
-
     flat = []
     for b in box_levels:
         B, ch, H, W = b.shape
@@ -276,12 +277,6 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
     (``boxes [K, 4]`` original pixels, ``scores [K]``, ``labels [K]``, CPU), in the order of
     ``image_ids``; ``boxes`` the :class:`BoxComparison` at the student's positives.
     """
-    from ..boxes import bbox_overlaps
-    from ..distill.regions import vlr_weights
-    from ..engine.evaluate import image_metas
-    from ..engine.logging import make_progress
-    from ..models.postprocess import postprocess
-
     detections: dict[str, list] = {n: [] for n in VARIANTS}
     image_ids: list[int] = []
     seen: set[int] = set()
@@ -318,11 +313,7 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
 def evaluate_variants(dataset, detections: dict, image_ids: list[int]) -> dict:
     """COCO bbox metrics of each variant's detections on the images ``image_ids`` of ``dataset``
     (a :class:`~locdistill.data.coco.CocoDetection` or VOC dataset, not a Subset)."""
-    from ..evaluation.coco import coco_evaluate, detections_to_coco
-
-    gt = dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path
-    return {n: coco_evaluate(gt, detections_to_coco(dets, image_ids, dataset.cat_ids),
-                             cat_ids=list(dataset.cat_ids), img_ids=image_ids)
+    return {n: score_detections(dataset, dets, image_ids, metric="bbox", warn_empty=False)[0]
             for n, dets in detections.items()}
 
 
@@ -336,13 +327,6 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
     row); ``teacher_overrides`` to the teacher's, whose model section alone is used.
     ``images``: the first N images of the split (default all).
     """
-    import torch.utils.data
-
-    from ..data.loader import build_dataloader
-    from ..distill import check_compatible
-    from ..engine.device import select_device
-    from ..distill import build_criterion
-
     if images is not None and images < 1:
         raise ConfigError(f"--images must be >= 1 (got {images})")
     for role, path in (("student", student_checkpoint), ("teacher", teacher_checkpoint)):

@@ -24,7 +24,6 @@ mmdetection file (``import-mmdet``, ``test``, a teacher checkpoint).
 from __future__ import annotations
 
 import hashlib
-import numbers
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -33,8 +32,10 @@ from typing import Any, Mapping
 
 import torch
 
-from ..checkpoint import UnloadedObject, atomic_torch_save, extract_state_dict, load_checkpoint
+from .. import __version__
+from ..checkpoint import atomic_torch_save, extract_state_dict, load_checkpoint
 from ..errors import CheckpointError
+from ..mmdet_format import is_teacher_key, safe_metadata, teacher_prefix
 
 __all__ = ["FORMATS", "MMDET_VERSION", "ConvertResult", "convert_checkpoint", "mmdet_meta", "is_teacher_key", "publish_path", "safe_metadata", "sha256_file"]
 
@@ -82,75 +83,6 @@ class ConvertResult:
         return lines
 
 
-def is_teacher_key(key: str) -> bool:
-    """True for teacher weights: any dot-separated part of the key starts with ``teacher``."""
-    return any(part.startswith("teacher") for part in key.split("."))
-
-
-def _teacher_prefix(key: str) -> str:
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        if part.startswith("teacher"):
-            return ".".join(parts[: i + 1])
-    return key
-
-
-def _plain(value: Any) -> tuple[bool, Any]:
-    """``(ok, value)``: ``value`` as JSON-like plain data (numpy scalars become Python numbers)."""
-    if value is None or type(value) in (bool, str, int, float):
-        return True, value
-    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # numpy scalar / 0-d array
-        return _plain(value.item())
-    for kind in (bool, int, float, str):  # subclasses (enums, TorchVersion...) become the plain type
-        if isinstance(value, kind):
-            return True, kind(value)
-    if isinstance(value, numbers.Real):
-        return True, float(value)
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        if all(ok for ok, _ in items):
-            return True, [v for _, v in items]
-        return False, None
-    if isinstance(value, dict) and not isinstance(value, UnloadedObject):
-        out = {}
-        for k, v in value.items():
-            ok, pv = _plain(v)
-            if not isinstance(k, str) or not ok:
-                return False, None
-            out[k] = pv
-        return True, out
-    return False, None
-
-
-def safe_metadata(meta: Any) -> tuple[dict[str, Any], list[str]]:
-    """Keep the entries of ``meta`` that are plain data; return ``(kept, dropped_keys)``.
-
-    Adds ``classes`` from mmdetection's ``CLASSES`` or mmengine's ``dataset_meta["classes"]``
-    when the file does not name them the locdistill way.
-    """
-    if not isinstance(meta, dict) or isinstance(meta, UnloadedObject):
-        return {}, ([] if meta is None else [f"meta ({type(meta).__name__})"])
-    kept, dropped = {}, []
-    for key, value in meta.items():
-        ok, pv = _plain(value)
-        if ok and isinstance(key, str):
-            kept[key] = pv
-        elif isinstance(key, str) and isinstance(value, dict) and not isinstance(value, UnloadedObject):
-            sub, sub_dropped = safe_metadata(value)  # keep the plain part of a mixed dict
-            if sub:
-                kept[key] = sub
-            dropped += [f"{key}.{k}" for k in sub_dropped]
-        elif isinstance(value, UnloadedObject):
-            dropped.append(f"{key} ({value.pickled_name})")
-        else:
-            dropped.append(f"{key} ({type(value).__name__})")
-    if not kept.get("classes"):
-        classes = kept.get("CLASSES") or (kept.get("dataset_meta") or {}).get("classes")
-        if isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes):
-            kept["classes"] = list(classes)
-    return kept, dropped
-
-
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -176,8 +108,6 @@ def mmdet_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(classes, (list, tuple)) and classes:
         out["CLASSES"] = tuple(str(c) for c in classes)
     out.setdefault("mmdet_version", MMDET_VERSION)
-    from .. import __version__
-
     out.setdefault("locdistill_version", __version__)
     return out
 
@@ -205,7 +135,7 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     skipped = []
     for key, value in state.items():
         if is_teacher_key(key):
-            stripped[_teacher_prefix(key)] += 1
+            stripped[teacher_prefix(key)] += 1
         elif isinstance(value, torch.Tensor):
             value = value.detach().cpu().clone()
             student[key] = value.half() if half and value.is_floating_point() else value

@@ -29,7 +29,11 @@ from pathlib import Path
 import torch
 
 from ..config import load_config
+from ..data.loader import build_dataset
+from ..engine.device import select_device
+from ..engine.evaluate import test
 from ..engine.logging import format_duration, info, metrics_table, overall_status, print_table, warn
+from ..engine.train import fit
 
 STUDENT_CONFIG = "demo/gfl_r18_digits"
 TEACHER_CONFIG = "demo/gfl_r34_digits_teacher"
@@ -46,21 +50,10 @@ def quick_overrides() -> list[str]:
 def evaluate_checkpoint(config: str, checkpoint: Path, overrides: list[str], data_from: str = STUDENT_CONFIG) -> dict:
     """COCO metrics of ``checkpoint`` (built from ``config``) on the digits val split of
     ``data_from``'s data section (the teacher is scored on the student's val images)."""
-    from ..checkpoint import load_checkpoint, load_model_weights
-    from ..data.loader import build_dataloader, build_dataset
-    from ..engine.device import select_device
-    from ..engine.evaluate import evaluate
-    from ..models.build import build_detector
-
     cfg = load_config(config, overrides)
     cfg.data = load_config(data_from, overrides).data
     val = build_dataset(cfg.data, "val")
-    cfg.model.num_classes = len(val.classes)
-    model = build_detector(cfg.model)
-    load_model_weights(model, load_checkpoint(checkpoint), strict=True, source=str(checkpoint))
-    device = select_device(cfg.train.device)
-    loader = build_dataloader(val, cfg.data.batch_size, cfg.data.workers, shuffle=False)
-    metrics, _ = evaluate(model.to(device), loader, cfg, val, device)
+    metrics, _ = test(cfg, checkpoint, val, select_device(cfg.train.device))
     return metrics
 
 
@@ -199,8 +192,6 @@ def run_demo(work_dir: str | Path = "work_dirs/demo", quick: bool = False, train
     ``sequential=False`` trains the baseline in a background process next to the LD run
     when at least two CPU threads are available (see the module docstring).
     """
-    from ..engine.train import fit
-
     work_dir = Path(work_dir)
     overrides = quick_overrides() if quick else []
     t0 = time.perf_counter()

@@ -4,122 +4,26 @@ Each input image is written to ``D`` in its own format (JPEG stays JPEG, PNG sta
 anything else becomes PNG) and at its own size, with every detection scoring at least
 ``--score-thr`` drawn as a box labelled with its class name and score; ``D/detections.json``
 lists all detections (after NMS, up to ``test.max_per_img`` per image) in original-image
-pixels. Also home of the helpers the other user tools share: :func:`load_detector`,
-:func:`prepare_image`, :func:`detect`.
+pixels. Opening the detector, preparing each image and detecting are
+:mod:`locdistill.inference`'s; this module draws and writes the results.
 """
 from __future__ import annotations
 
 import colorsys
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import load_config
+from ..engine.device import select_device
+from ..engine.logging import make_progress
 from ..errors import ConfigError, DatasetError
+from ..inference import detect, open_detector, read_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-@dataclass
-class LoadedDetector:
-    """A detector ready for inference: ``cfg`` (with ``model.num_classes`` set), ``model``
-    (eval mode, on ``device``) and the class names."""
-
-    cfg: object
-    model: torch.nn.Module
-    classes: list[str]
-    device: torch.device
-
-
-def class_names(cfg, ckpt: Optional[dict], num_classes: int) -> list[str]:
-    """Names from the checkpoint, else ``data.classes``, else VOC's for a 20-class VOC config,
-    else ``class 0..C-1``."""
-    names = None
-    if ckpt is not None:
-        from .import_mmdet import checkpoint_classes
-
-        names = checkpoint_classes(ckpt)
-    if not names and cfg.data.classes:
-        names = list(cfg.data.classes)
-    if not names and cfg.data.dataset == "voc" and num_classes == 20:
-        from ..data.voc import VOC_CLASSES
-
-        names = list(VOC_CLASSES)
-    if not names or len(names) != num_classes:
-        names = [f"class {i}" for i in range(num_classes)]
-    return [str(n) for n in names]
-
-
-def load_detector(config: str, checkpoint: Optional[str], overrides: Sequence[str] = (),
-                  device: Optional[str] = None) -> LoadedDetector:
-    """Config + checkpoint (loaded strictly) → :class:`LoadedDetector`.
-
-    The class count follows the checkpoint's recorded classes (as ``locdistill test``);
-    without a checkpoint the model keeps its random initialisation.
-    """
-    from ..checkpoint import load_checkpoint, load_model_weights
-    from ..config import load_config
-    from ..engine.device import select_device
-    from ..models.build import build_detector
-
-    cfg = load_config(config, list(overrides))
-    ckpt = load_checkpoint(checkpoint) if checkpoint else None
-    if ckpt is not None:
-        from .import_mmdet import checkpoint_classes
-
-        recorded = checkpoint_classes(ckpt)
-        if recorded:
-            cfg.model.num_classes = len(recorded)
-    model = build_detector(cfg.model)
-    if ckpt is not None:
-        load_model_weights(model, ckpt, strict=True, source=str(checkpoint))
-    dev = select_device(device or cfg.train.device)
-    model.to(dev).eval()
-    return LoadedDetector(cfg, model, class_names(cfg, ckpt, cfg.model.num_classes), dev)
-
-
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image as RGB, or raise DatasetError naming the file."""
-    try:
-        with Image.open(path) as pil:
-            return pil.convert("RGB")
-    except FileNotFoundError:
-        raise DatasetError(f"image {path} does not exist") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DatasetError(f"cannot decode image {path}: {e}; fix: pass a readable image file") from None
-
-
-def prepare_image(pil: Image.Image, cfg) -> tuple[torch.Tensor, dict]:
-    """The test pipeline of ``cfg.data`` on one RGB image: ``(images [1, 3, Hp, Wp], meta)``
-    (resized, normalised, padded to ``data.size_divisor``); ``meta`` has ``img_shape``,
-    ``scale_factor``, ``ori_shape``."""
-    from ..data.loader import collate
-    from ..data.transforms import build_transforms
-
-    image = torch.from_numpy(np.array(pil, dtype=np.uint8)).permute(2, 0, 1)
-    h, w = image.shape[1:]
-    target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long), "image_id": 0,
-              "ori_shape": (h, w), "img_shape": (h, w), "scale_factor": (1.0, 1.0), "flip": False}
-    image, target = build_transforms(cfg.data, train=False)(image, target)
-    images, targets = collate([(image, target)], size_divisor=cfg.data.size_divisor)
-    t = targets[0]
-    return images, {"img_shape": t["img_shape"], "scale_factor": t["scale_factor"], "ori_shape": t["ori_shape"]}
-
-
-@torch.no_grad()
-def detect(det: LoadedDetector, pil: Image.Image) -> dict[str, torch.Tensor]:
-    """Detections of one image: ``boxes [K, 4]`` (original pixels), ``scores [K]``, ``labels [K]`` (CPU)."""
-    from ..models.postprocess import postprocess
-
-    images, meta = prepare_image(pil, det.cfg)
-    outputs = det.model(images.to(det.device))
-    result = postprocess(outputs, [meta], det.cfg.test, det.model.strides, det.model.reg_max)[0]
-    return {k: v.cpu() for k, v in result.items()}
 
 
 def class_colour(label: int) -> tuple[int, int, int]:
@@ -194,11 +98,10 @@ def predict_images(config: str, checkpoint: str, images: Sequence[str | os.PathL
                    score_thr: float = 0.3, overrides: Sequence[str] = (), device: Optional[str] = None,
                    progress: bool = True) -> Path:
     """Detect, draw and save every image; returns the path of ``detections.json``."""
-    from ..engine.logging import make_progress
-
     if not 0.0 <= score_thr <= 1.0:
         raise ConfigError(f"--score-thr={score_thr} must be in [0, 1]")
-    det = load_detector(config, checkpoint, overrides, device)
+    cfg = load_config(config, list(overrides))
+    det = open_detector(cfg, checkpoint, select_device(device or cfg.train.device))
     files = collect_images(images)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,5 +128,4 @@ def predict_images(config: str, checkpoint: str, images: Sequence[str | os.PathL
     return path
 
 
-__all__ = ["LoadedDetector", "class_colour", "collect_images", "detect", "draw_detections",
-           "load_detector", "predict_images", "prepare_image", "read_image"]
+__all__ = ["class_colour", "collect_images", "draw_detections", "predict_images"]

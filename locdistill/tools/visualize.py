@@ -22,8 +22,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
+from ..config import load_config
+from ..engine.device import select_device
 from ..errors import ConfigError, LocDistillError
-from .predict import LoadedDetector, draw_detections, load_detector, prepare_image, read_image
+from ..inference import LoadedDetector, open_detector, prepare_image, read_image
+from ..models.gfl_head import integral_distances
+from .predict import draw_detections
 
 SIDES = ("left", "top", "right", "bottom")
 
@@ -36,8 +40,6 @@ def top_detections(det: LoadedDetector, outputs: dict, meta: dict, k: int) -> li
     ``y``, ``x`` (feature-map cell), ``stride``, ``label``, ``score``, ``box`` (xyxy, original
     pixels) and ``point`` (the anchor point, original pixels), best first.
     """
-    from ..models.gfl_head import integral_distances
-
     cfg, strides, n = det.cfg.test, det.model.strides, det.model.reg_max
     h_img, w_img = meta["img_shape"]
     sx, sy = meta["scale_factor"]
@@ -85,6 +87,11 @@ def _check_teacher(student: LoadedDetector, teacher: LoadedDetector) -> None:
             "predict the same distributions at the same locations to be compared")
 
 
+def _open(config: str, checkpoint: str, overrides: Sequence[str], device: Optional[str]) -> LoadedDetector:
+    cfg = load_config(config, list(overrides))
+    return open_detector(cfg, checkpoint, select_device(device or cfg.train.device))
+
+
 def visualize_distribution(config: str, checkpoint: str, image: str | os.PathLike, out: str | os.PathLike,
                            teacher: Optional[Sequence[str]] = None, top: int = 3,
                            overrides: Sequence[str] = (), device: Optional[str] = None) -> tuple[Path, Path]:
@@ -95,12 +102,12 @@ def visualize_distribution(config: str, checkpoint: str, image: str | os.PathLik
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
-    student = load_detector(config, checkpoint, overrides, device)
+    student = _open(config, checkpoint, overrides, device)
     tdet = None
     if teacher:
         if len(teacher) != 2:
             raise ConfigError("--teacher takes the teacher's CONFIG and CKPT")
-        tdet = load_detector(teacher[0], teacher[1], overrides, device)
+        tdet = _open(teacher[0], teacher[1], overrides, device)
         _check_teacher(student, tdet)
     pil = read_image(image)
     images, meta = prepare_image(pil, student.cfg)
