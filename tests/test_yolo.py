@@ -8,7 +8,7 @@ import torch
 
 from locdistill.cli import main
 from locdistill.config import Config, load_config
-from locdistill.config import TestConfig as TestCfg
+from locdistill import config as lcfg
 from locdistill.distill import build_criterion
 from locdistill.errors import ConfigError
 from locdistill.losses import ciou, ciou_loss
@@ -131,7 +131,7 @@ def test_dfl_bins_and_head_layout():
 def test_predict_shapes_and_centre_decoding():
     model = tiny_yolo(3).eval()
     metas = [{"img_shape": (64, 64), "scale_factor": (1.0, 1.0)}, {"img_shape": (64, 48), "scale_factor": (0.5, 0.5)}]
-    res = model.predict(torch.randn(2, 3, 64, 64), metas, TestCfg(score_thr=0.0, max_per_img=7))
+    res = model.predict(torch.randn(2, 3, 64, 64), metas, lcfg.TestConfig(score_thr=0.0, max_per_img=7))
     assert len(res) == 2
     for r in res:
         assert r["boxes"].shape[1:] == (4,) and r["boxes"].shape[0] == r["scores"].shape[0] == r["labels"].shape[0] <= 7
@@ -145,7 +145,7 @@ def test_predict_shapes_and_centre_decoding():
     outputs = {"cls_logits": cls, "box_logits": box, "point_offset": 0.5}
     meta = [{"img_shape": (64, 64), "scale_factor": (1.0, 1.0)}]
     for fn in (yolo_postprocess, postprocess):  # the family dispatcher picks the YOLO decoding
-        r = fn(outputs, meta, TestCfg(score_thr=0.5), (8, 16, 32), 15)[0]
+        r = fn(outputs, meta, lcfg.TestConfig(score_thr=0.5), (8, 16, 32), 15)[0]
         assert r["boxes"].shape == (1, 4)
         assert torch.allclose(r["boxes"][0], torch.tensor([4.0, 0.0, 36.0, 28.0]), atol=1e-3)
 

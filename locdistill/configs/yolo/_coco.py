@@ -16,6 +16,7 @@ def yolov8_coco(scale: str) -> Config:
     m.type = "yolo"
     m.num_classes = 80
     m.yolo.depth, m.yolo.width, m.yolo.max_channels = SCALES[scale]
+    m.head.strides = (8, 16, 32)  # the network's strides (fixed for the family; read by tools, not by the model)
 
     d = config.data
     d.img_scale = (640, 640)  # keep-ratio resize, long side 640, padded to 32 (no letterbox / mosaic)

@@ -10,6 +10,7 @@ def yolov8_digits(scale: str) -> Config:
     m.type = "yolo"
     m.num_classes = 10
     m.yolo.depth, m.yolo.width, m.yolo.max_channels = SCALES[scale]
+    m.head.strides = (8, 16, 32)  # the network's strides (fixed for the family; read by tools, not by the model)
 
     d = config.data
     d.dataset = "digits"
