@@ -86,6 +86,25 @@ def test_task_aligned_assignment_hand_case():
     assert res.norm_metric[0, 1] == 0 and (res.norm_metric[1] == 0).all()
 
 
+def test_task_aligned_assignment_conflict_keeps_the_larger_iou():
+    points = torch.tensor([[8.0, 8.0], [40.0, 40.0]])
+    pred = torch.tensor([[[2.0, 2.0, 14.0, 14.0], [39.0, 39.0, 41.0, 41.0]]])  # anchor 0 fits GT 1 best
+    gt_boxes = torch.tensor([[[0.0, 0.0, 30.0, 30.0], [2.0, 2.0, 14.0, 14.0]]])  # both GTs hold point 0
+    res = TaskAlignedAssigner(topk=1).assign(torch.full((1, 2, 2), 0.5), pred, points, torch.tensor([[0, 1]]),
+                                             gt_boxes, torch.ones(1, 2, dtype=torch.bool))
+    assert res.pos.tolist() == [[True, False]] and res.gt_index[0, 0] == 1
+    assert res.mask_pos[0, :, 0].tolist() == [False, True]
+
+
+def test_losses_float32_under_autocast():
+    model = tiny_yolo(2)
+    targets = [{"boxes": torch.tensor([[4.0, 4.0, 30.0, 40.0]]), "labels": torch.tensor([1])}]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(1, 3, 64, 64))
+    losses = YOLOCriterion(2)(out, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
 def test_assignment_and_losses_are_dense_interface():
     crit = YOLOCriterion(3)
     model = tiny_yolo(3)

@@ -26,7 +26,9 @@ def build_criterion(cfg: Config, distill: Optional[bool] = None, **changes) -> U
     The argument names are the config field names: ``model.num_classes``,
     ``model.head.{reg_max, strides, octave_base_scale}`` and every ``loss.*`` go to the criterion;
     the ``distill.*`` weights, temperatures and modes to its :class:`~.criterion.DistillTerms`
-    (:meth:`~.criterion.DistillTerms.from_config`).
+    (:meth:`~.criterion.DistillTerms.from_config`). With ``model.type = "yolo"``: a
+    :class:`~locdistill.models.yolo.YOLOCriterion` from ``model.num_classes`` and ``model.yolo.*``
+    (it does not distil yet: a teacher is a :class:`~locdistill.errors.ConfigError`).
 
     Args:
         cfg: the run's config.
