@@ -62,11 +62,32 @@ class HeadConfig:
 
 
 @dataclass
+class YoloConfig:
+    """The YOLOv8 family (``model.type = "yolo"``, docs/yolo.md): scale multipliers, TAL and loss gains.
+
+    Scales: n 0.33/0.25/1024, s 0.33/0.50/1024, m 0.67/0.75/768, l 1.0/1.0/512, x 1.0/1.25/512.
+    """
+
+    depth: float = 0.33  # C2f repeats multiplier
+    width: float = 0.25  # channel multiplier
+    max_channels: int = 1024  # nominal channels are capped here before the width multiplier
+    reg_max: int = 16  # bins per box side (values 0..15); DenseOutputs.reg_max = 15
+    topk: int = 10  # TAL candidates per GT
+    alpha: float = 0.5  # TAL score exponent
+    beta: float = 6.0  # TAL IoU exponent
+    loss_cls_weight: float = 0.5  # BCE gain
+    loss_bbox_weight: float = 7.5  # CIoU gain
+    loss_dfl_weight: float = 1.5  # DFL gain
+
+
+@dataclass
 class ModelConfig:
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    type: str = "gfl"  # detector family: "gfl" (backbone/neck/head + loss.*) or "yolo" (model.yolo.* only)
+    yolo: YoloConfig = field(default_factory=YoloConfig)
 
 
 @dataclass

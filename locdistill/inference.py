@@ -23,7 +23,7 @@ from .data.transforms import build_transforms
 from .data.voc import VOC_CLASSES
 from .errors import DatasetError
 from .models.build import load_detector
-from .models.postprocess import postprocess
+from .models.build import postprocess
 
 __all__ = ["LoadedDetector", "class_names", "detect", "open_detector", "prepare_image", "prepare_tensor",
            "read_image"]

@@ -7,6 +7,7 @@ inputs to float32 and accepts leading batch dimensions (``[..., C]`` instead of
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Union
 
 import torch
@@ -21,6 +22,8 @@ __all__ = [
     "quality_focal_loss",
     "distribution_focal_loss",
     "giou_loss",
+    "ciou",
+    "ciou_loss",
     "kd_kl_loss",
     "ld_kl_loss",
     "kd_quality_focal_loss",
@@ -107,6 +110,38 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
 def giou_loss(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     """``1 - GIoU(pred, target)`` of aligned ``xyxy`` boxes ``[..., N, 4]`` → ``[..., N]``."""
     return 1 - bbox_overlaps(pred.float(), target.float(), mode="giou", is_aligned=True, eps=eps)
+
+
+def ciou(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """Complete IoU of aligned ``xyxy`` boxes ``[..., 4]`` → ``[...]`` (float32).
+
+    ``CIoU = IoU - ρ²/c² - α·v`` with ``ρ`` the distance of the centres, ``c`` the diagonal of the
+    enclosing box, ``v = 4/π² (atan(w_t/h_t) - atan(w_p/h_p))²`` and ``α = v / (v - IoU + 1 + eps)``
+    (``α`` is not differentiated through, as in the CIoU paper). ``eps`` is added to the heights, the
+    union and ``c²``.
+    """
+    pred, target = pred.float(), target.float()
+    w1, h1 = pred[..., 2] - pred[..., 0], pred[..., 3] - pred[..., 1] + eps
+    w2, h2 = target[..., 2] - target[..., 0], target[..., 3] - target[..., 1] + eps
+    iw = (torch.minimum(pred[..., 2], target[..., 2]) - torch.maximum(pred[..., 0], target[..., 0])).clamp(min=0)
+    ih = (torch.minimum(pred[..., 3], target[..., 3]) - torch.maximum(pred[..., 1], target[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = w1 * h1 + w2 * h2 - inter + eps
+    iou = inter / union
+    cw = torch.maximum(pred[..., 2], target[..., 2]) - torch.minimum(pred[..., 0], target[..., 0])
+    ch = torch.maximum(pred[..., 3], target[..., 3]) - torch.minimum(pred[..., 1], target[..., 1])
+    c2 = cw ** 2 + ch ** 2 + eps
+    rho2 = ((target[..., 0] + target[..., 2] - pred[..., 0] - pred[..., 2]) ** 2
+            + (target[..., 1] + target[..., 3] - pred[..., 1] - pred[..., 3]) ** 2) / 4
+    v = (4 / math.pi ** 2) * (torch.atan(w2 / h2) - torch.atan(w1 / h1)) ** 2
+    with torch.no_grad():
+        alpha = v / (v - iou + (1 + eps))
+    return iou - (rho2 / c2 + v * alpha)
+
+
+def ciou_loss(pred: Tensor, target: Tensor, eps: float = 1e-7) -> Tensor:
+    """``1 - CIoU(pred, target)`` of aligned ``xyxy`` boxes ``[..., 4]`` → ``[...]`` (:func:`ciou`)."""
+    return 1 - ciou(pred, target, eps)
 
 
 def _check_same_shape(student_logits: Tensor, teacher_logits: Tensor) -> None:

@@ -21,7 +21,7 @@ from ..errors import LocDistillError
 from ..evaluation.coco import coco_evaluate, detections_to_coco
 from ..evaluation.voc import format_voc_table, voc_metrics
 from ..models.build import load_detector
-from ..models.postprocess import postprocess
+from ..models.build import postprocess
 from . import dist
 from .logging import console, make_progress, warn
 

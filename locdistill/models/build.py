@@ -16,16 +16,47 @@ from .backbones import Res2Net, ResNet
 from .detector import GFL
 from .fpn import FPN
 from .gfl_head import GFLHead, GFLv2Head
+from .postprocess import postprocess as gfl_postprocess
+from .yolo import YOLO
+from .yolo.postprocess import POINT_OFFSET_KEY, yolo_postprocess
 
 BACKBONE_TYPES = {"resnet": ResNet, "res2net": Res2Net}
 HEAD_TYPES = {"gfl": GFLHead, "gflv2": GFLv2Head}
+MODEL_TYPES = ("gfl", "yolo")
 
 
-def build_detector(model_cfg: ModelConfig) -> GFL:
-    """``ModelConfig`` → :class:`GFL` (ResNet / ResNeXt / Res2Net, optional DCN → FPN → GFL v1/v2 head).
+def build_yolo(model_cfg: ModelConfig) -> YOLO:
+    """``ModelConfig`` (``type = "yolo"``) → :class:`~locdistill.models.yolo.YOLO` from ``model.yolo.*``."""
+    y = model_cfg.yolo
+    if model_cfg.num_classes < 1:
+        raise ConfigError(f"model.num_classes={model_cfg.num_classes} must be >= 1")
+    if not (y.depth > 0 and y.width > 0 and y.max_channels >= 8):
+        raise ConfigError(f"model.yolo.depth={y.depth}, model.yolo.width={y.width} must be > 0 and "
+                          f"model.yolo.max_channels={y.max_channels} >= 8 (yolov8n: 0.33, 0.25, 1024)")
+    if y.reg_max < 2:
+        raise ConfigError(f"model.yolo.reg_max={y.reg_max} must be >= 2 (bins per side; 16 is standard)")
+    return YOLO(model_cfg.num_classes, depth=y.depth, width=y.width, max_channels=y.max_channels, reg_max=y.reg_max)
+
+
+def postprocess(outputs, image_metas, test_cfg, strides, reg_max) -> list:
+    """Detections per image from any family's raw outputs: YOLO outputs (they carry ``"point_offset"``) go to
+    :func:`~locdistill.models.yolo.postprocess.yolo_postprocess`, others to
+    :func:`locdistill.models.postprocess.postprocess` (same arguments and results)."""
+    if POINT_OFFSET_KEY in outputs:
+        return yolo_postprocess(outputs, image_metas, test_cfg, strides, reg_max)
+    return gfl_postprocess(outputs, image_metas, test_cfg, strides, reg_max)
+
+
+def build_detector(model_cfg: ModelConfig) -> Union[GFL, YOLO]:
+    """``ModelConfig`` → :class:`GFL` (ResNet / ResNeXt / Res2Net, optional DCN → FPN → GFL v1/v2 head),
+    or with ``model.type = "yolo"`` a :class:`~locdistill.models.yolo.YOLO` (:func:`build_yolo`).
 
     Raises :class:`ConfigError` naming the ``model.*`` key on invalid values.
     """
+    if model_cfg.type not in MODEL_TYPES:
+        raise ConfigError(f"model.type={model_cfg.type!r} is not supported; valid values: {list(MODEL_TYPES)}")
+    if model_cfg.type == "yolo":
+        return build_yolo(model_cfg)
     b, n, h = model_cfg.backbone, model_cfg.neck, model_cfg.head
     if b.type not in BACKBONE_TYPES:
         raise ConfigError(f"model.backbone.type={b.type!r} is not supported; valid values: {sorted(BACKBONE_TYPES)}")

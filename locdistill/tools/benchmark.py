@@ -29,7 +29,7 @@ from ..data.loader import build_dataset
 from ..engine.device import select_device
 from ..errors import ConfigError, DatasetError
 from ..inference import LoadedDetector, open_detector, prepare_tensor
-from ..models.postprocess import postprocess
+from ..models.build import postprocess
 
 
 @dataclass

@@ -62,7 +62,7 @@ from ..engine.evaluate import image_metas, score_detections
 from ..engine.logging import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..models.build import load_detector as build_and_load
-from ..models.postprocess import postprocess
+from ..models.build import postprocess
 
 HELPS_AP = 2.0  # main-LD headroom (AP points) from which LD is likely to help ...
 HELPS_SHARE = 60.0  # ... together with the teacher's box being better at this share (%) of the positives
