@@ -1,0 +1,293 @@
+"""``locdistill export CONFIG CKPT model.onnx``: a detector as an ONNX graph with in-graph decoding.
+
+The graph (opset :data:`OPSET`):
+
+* input ``images``: ``[B, 3, H, W]`` float32, normalised and padded exactly as the test pipeline
+  (:func:`locdistill.inference.prepare_image`) makes them; ``B`` is dynamic, ``H`` and ``W`` are
+  fixed at export time (``--size H W``, default the config's ``data.img_scale`` padded to
+  ``data.size_divisor``; see :func:`export_onnx` for why).
+* outputs ``boxes``: ``[B, A, 4]`` float32 xyxy in pixels of the input, clipped to ``[0, W] × [0, H]``;
+  ``scores``: ``[B, A, C]`` float32 sigmoid class scores (a GFLv2 model: the joint
+  classification–quality score). ``A`` = all anchors of all levels (level by level, row-major).
+
+NMS is not in the graph: :func:`detections_from_dense` (score threshold, the config's NMS,
+``max_per_img``) applies it to the graph's outputs, as the PyTorch post-processing would.
+
+Family hook: the graph is ``decode_dense(flatten(model(images)))``. A detector family is exportable
+when :func:`dense_flattener` finds its ``flatten(outputs) -> DenseOutputs``: a model with a
+``flatten`` method provides it itself; a :class:`~locdistill.models.detector.GFL` uses the GFL
+criterion's. ``decode_dense`` needs only ``DenseOutputs.points``, ``strides``, ``box_logits`` (DFL
+bins in stride units) and ``cls_logits``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..config import Config, TestConfig, load_config
+from ..engine.device import select_device
+from ..errors import ConfigError, LocDistillError
+from ..inference import open_detector
+from ..models.criterion import GFLCriterion
+from ..models.dense import DenseOutputs
+from ..models.detector import GFL
+from ..nms import get_nms
+
+__all__ = ["ExportedModel", "ExportResult", "OPSET", "decode_dense", "dense_flattener", "detections_from_dense",
+           "export_model", "export_onnx", "require_onnx"]
+
+OPSET = 18
+INSTALL_HINT = 'pip install "locdistill[export]"'
+
+Flattener = Callable[[Mapping[str, Sequence[Tensor]]], DenseOutputs]
+
+
+class ExportError(LocDistillError):
+    """Exporting failed (a missing optional package, an unsupported model)."""
+
+
+def require_onnx(check: bool = False):
+    """Import ``onnx`` (and ``onnxruntime`` when ``check``); a clear error naming the extra when missing."""
+    try:
+        import onnx  # noqa: F401  (optional third-party package)
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as e:
+        raise ExportError(f"exporting to ONNX needs the onnx and onnxscript packages ({e}); "
+                          f"fix: {INSTALL_HINT}") from None
+    if check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            raise ExportError(f"--check needs onnxruntime ({e}); fix: {INSTALL_HINT}, or pass --no-check") from None
+    return onnx
+
+
+def onnxruntime_available() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def stable_translations() -> dict:
+    """Overflow-free ONNX translations of ``aten.log_sigmoid`` and ``aten.logaddexp`` for the exporter.
+
+    torch.onnx's defaults are ``Log(Sigmoid(x))`` (``-inf`` for ``x`` below about -17 in onnxruntime,
+    whose Sigmoid rounds to 0 there) and ``Log(Exp(a) + Exp(b))`` (``inf`` above about 88); the GFLv2
+    joint-score logits (:func:`~locdistill.models.gfl_head.joint_score_logits`) use both and came out
+    NaN. These are ``min(x, 0) − log(1 + e^−|x|)`` and ``max(a, b) + log(1 + e^−|a−b|)``.
+    """
+    from onnxscript import opset18 as op  # optional third-party package (the export extra)
+
+    def log_sigmoid(x):
+        return op.Sub(op.Min(x, op.CastLike(0.0, x)), op.Log(op.Add(op.CastLike(1.0, x), op.Exp(op.Neg(op.Abs(x))))))
+
+    def logaddexp(a, b):
+        return op.Add(op.Max(a, b), op.Log(op.Add(op.CastLike(1.0, a), op.Exp(op.Neg(op.Abs(op.Sub(a, b)))))))
+
+    return {torch.ops.aten.log_sigmoid.default: log_sigmoid, torch.ops.aten.logaddexp.default: logaddexp}
+
+
+def dense_flattener(model: nn.Module) -> Flattener:
+    """The family's ``flatten(outputs) -> DenseOutputs`` of ``model``.
+
+    A model with a ``flatten`` method (e.g. a YOLO-style family) provides it; a :class:`GFL` uses
+    :meth:`GFLCriterion.flatten` (anchor points from the GFL priors). Anything else is an error.
+    """
+    own = getattr(model, "flatten", None)
+    if callable(own):
+        return own
+    if isinstance(model, GFL):
+        return GFLCriterion(model.num_classes, model.reg_max, model.strides).flatten
+    raise ExportError(f"cannot export a {type(model).__name__}: its family provides no "
+                      f"flatten(outputs) -> DenseOutputs (GFL and models with a flatten method are exportable)")
+
+
+def decode_dense(dense: DenseOutputs, height, width) -> tuple[Tensor, Tensor]:
+    """``DenseOutputs`` → ``boxes [B, A, 4]`` (xyxy pixels clipped to ``[0, width] × [0, height]``) and
+    ``scores [B, A, C]`` (sigmoid of ``cls_logits``).
+
+    The boxes are those of :func:`locdistill.models.postprocess.postprocess` before rescaling:
+    anchor point ∓/± the Integral distance × stride, clamped at 0 and at the image size.
+    """
+    dist = dense.distances() * dense.strides[:, None]  # [B, A, 4] pixels
+    pts = dense.points.to(dist.dtype)  # [A, 2]
+    boxes = torch.cat((pts - dist[..., :2], pts + dist[..., 2:]), dim=-1)
+    boxes = boxes.clamp(min=0)
+    max_xy = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum(boxes, max_xy)
+    return boxes, dense.cls_logits.sigmoid()
+
+
+class ExportedModel(nn.Module):
+    """``images [B,3,H,W]`` → ``(boxes [B,A,4], scores [B,A,C])``: the detector, its family's
+    ``flatten`` and :func:`decode_dense` (what the ONNX graph computes)."""
+
+    def __init__(self, model: nn.Module, flatten: Optional[Flattener] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.flatten = flatten or dense_flattener(model)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        dense = self.flatten(self.model(images))
+        return decode_dense(dense, images.shape[-2], images.shape[-1])
+
+
+def detections_from_dense(boxes: Tensor, scores: Tensor, test_cfg: TestConfig,
+                          scale_factors: Optional[Sequence[Sequence[float]]] = None) -> list[dict[str, Tensor]]:
+    """Final detections from the graph's outputs: every (anchor, class) pair scoring above
+    ``test.score_thr``, boxes ÷ ``scale_factor`` (``(w_scale, h_scale)`` per image, default 1), empty
+    boxes dropped, the config's class-aware NMS (:func:`locdistill.nms.get_nms`), the best
+    ``max_per_img`` kept. As :func:`~locdistill.models.postprocess.postprocess` with ``nms_pre ≤ 0``
+    (this takes all candidates, not the top ``nms_pre`` per level).
+
+    Args: ``boxes [B, A, 4]``, ``scores [B, A, C]`` (tensors or numpy arrays).
+    Returns per image ``boxes [K, 4]``, ``scores [K]`` (descending), ``labels [K]``.
+    """
+    boxes, scores = torch.as_tensor(boxes).float(), torch.as_tensor(scores).float()
+    nms_fn = get_nms(test_cfg.nms)
+    num_images, _, num_classes = scores.shape
+    results = []
+    for i in range(num_images):
+        anchor, label = (scores[i] > test_cfg.score_thr).nonzero(as_tuple=True)
+        b, s = boxes[i][anchor], scores[i][anchor, label]
+        if scale_factors is not None:
+            ws, hs = (float(v) for v in scale_factors[i][:2])
+            b = b / torch.tensor([ws, hs, ws, hs])
+        ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        b, s, label = b[ok], s[ok], label[ok]
+        b, s, keep = nms_fn(b, s, label, test_cfg.iou_thr)
+        label = label[keep]
+        if test_cfg.max_per_img > 0:
+            b, s, label = b[: test_cfg.max_per_img], s[: test_cfg.max_per_img], label[: test_cfg.max_per_img]
+        results.append({"boxes": b, "scores": s, "labels": label})
+    return results
+
+
+@dataclass
+class ExportResult:
+    """What :func:`export_onnx` wrote."""
+
+    path: Path
+    inputs: list  # (name, shape with symbolic dims as strings, dtype)
+    outputs: list
+    opset: int
+    size_bytes: int
+    seconds: float
+    check: Optional[str] = None  # onnxruntime's verdict on a random batch, None when not run
+
+    def summary(self) -> list[str]:
+        def fmt(v):
+            name, shape, dtype = v
+            return f"  {name}: [{', '.join(str(d) for d in shape)}] {dtype}"
+
+        lines = [f"wrote {self.path} ({self.size_bytes / 2 ** 20:.2f} MiB, opset {self.opset}, "
+                 f"{self.seconds:.1f} s)", "inputs:"]
+        lines += [fmt(v) for v in self.inputs] + ["outputs:"] + [fmt(v) for v in self.outputs]
+        lines.append("NMS is not in the graph: apply it to boxes/scores (docs/tools.md, Export to ONNX)")
+        if self.check is not None:
+            lines.append(f"check: {self.check}")
+        return lines
+
+
+def _graph_io(path: Path) -> tuple[list, list]:
+    onnx = require_onnx()
+    m = onnx.load(str(path), load_external_data=False)
+
+    def desc(v):
+        t = v.type.tensor_type
+        dims = [d.dim_param or d.dim_value for d in t.shape.dim]
+        return v.name, dims, onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name
+
+    return [desc(v) for v in m.graph.input], [desc(v) for v in m.graph.output]
+
+
+def export_model(model: nn.Module, path: str | os.PathLike, size: Sequence[int], opset: int = OPSET,
+                 check: Optional[bool] = None, batch: int = 2) -> ExportResult:
+    """Write ``model`` (a detector in eval mode, on the CPU) as ONNX to ``path``.
+
+    The batch dimension is dynamic; ``size = (H, W)`` is fixed: the anchor points are computed at
+    export time from the feature-map sizes (the family's ``flatten`` works with host ints), so the
+    graph only accepts images of that size (pad smaller ones; the boxes are in input pixels).
+    ``check`` (default: when onnxruntime is importable) runs the graph on a random batch of
+    ``batch`` images in onnxruntime and compares it with PyTorch.
+    """
+    require_onnx(check=bool(check))
+    if check is None:
+        check = onnxruntime_available()
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise ConfigError(f"--size {h} {w}: height and width must be positive")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = ExportedModel(model).eval()
+    example = torch.randn(batch, 3, h, w)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        program = torch.onnx.export(
+            wrapper, (example,), dynamo=True, opset_version=opset, input_names=["images"],
+            output_names=["boxes", "scores"], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            external_data=False, verbose=False, custom_translation_table=stable_translations())
+    program.save(str(path))
+    seconds = time.perf_counter() - t0
+    inputs, outputs = _graph_io(path)
+    result = ExportResult(path, inputs, outputs, opset, path.stat().st_size, seconds)
+    if check:  # a fresh wrapper: the traced one's flatten may cache export-time (fake) priors
+        result.check = check_onnx(ExportedModel(model).eval(), path, example)
+    return result
+
+
+def run_onnx(path: str | os.PathLike, images) -> tuple:
+    """``(boxes, scores)`` numpy arrays of the ONNX file on ``images`` (onnxruntime, CPU)."""
+    require_onnx(check=True)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = images.numpy() if isinstance(images, Tensor) else images
+    return tuple(sess.run(["boxes", "scores"], {"images": images}))
+
+
+def check_onnx(wrapper: nn.Module, path: Path, images: Tensor, atol: float = 1e-3) -> str:
+    """Run the file in onnxruntime and PyTorch on ``images``; raise when they differ by more than
+    ``atol`` (pixels for boxes, probability for scores)."""
+    with torch.no_grad():
+        ref = wrapper(images)
+    got = run_onnx(path, images)
+    diffs = [float((torch.from_numpy(g) - r).abs().max()) for g, r in zip(got, ref)]
+    what = (f"onnxruntime on a random batch of {images.shape[0]}: max |Δ| boxes {diffs[0]:.2e} px, "
+            f"scores {diffs[1]:.2e}")
+    if diffs[0] > atol * max(images.shape[-2:]) or diffs[1] > atol:
+        raise ExportError(f"{what}: the ONNX graph does not match PyTorch (tolerance {atol})")
+    return what + " (matches PyTorch)"
+
+
+def default_size(cfg: Config) -> tuple[int, int]:
+    """The test pipeline's largest padded input: ``data.img_scale`` (long, short side) padded to
+    ``data.size_divisor``, as ``(H, W)`` for a landscape image."""
+    scale = [int(v) for v in cfg.data.img_scale]
+    long_side, short_side = max(scale), min(scale)
+    div = max(int(cfg.data.size_divisor), 1)
+    pad = lambda v: -(-v // div) * div  # noqa: E731
+    return pad(short_side), pad(long_side)
+
+
+def export_onnx(config: str, checkpoint: Optional[str], out: str | os.PathLike,
+                size: Optional[Sequence[int]] = None, opset: int = OPSET, check: Optional[bool] = None,
+                overrides: Sequence[str] = ()) -> ExportResult:
+    """``locdistill export CONFIG CKPT OUT``: load the detector (as ``predict``) and :func:`export_model`.
+
+    ``H`` and ``W`` are fixed at export (``size``, default :func:`default_size`): dynamic spatial
+    sizes would need the anchor points as graph computations, which the families' ``flatten``
+    (host-int feature sizes, a prior cache) does not provide.
+    """
+    require_onnx(check=bool(check))  # before loading anything
+    cfg = load_config(config, list(overrides))
+    det = open_detector(cfg, checkpoint, select_device("cpu"))
+    return export_model(det.model, out, size or default_size(cfg), opset=opset, check=check)
