@@ -22,7 +22,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-SIZE = (64, 96)  # H, W
+SIZE, SIZE2 = (64, 96), (96, 128)  # H, W
 BOX_ATOL, SCORE_ATOL = 1e-3, 1e-5
 
 
@@ -49,13 +49,13 @@ def test_onnx_matches_pytorch_for_batch_1_and_2(tmp_path, head):
     cfg, model = _tiny_model(head)
     path = tmp_path / "model.onnx"
     result = export_model(model, path, SIZE, check=True)
-    assert result.inputs == [("images", ["batch", 3, *SIZE], "float32")]
+    assert result.inputs == [("images", ["batch", 3, "32*h_blocks", "32*w_blocks"], "float32")]
     assert [o[0] for o in result.outputs] == ["boxes", "scores"]
     assert "matches PyTorch" in result.check and path.stat().st_size == result.size_bytes
 
     cfg.test.score_thr, cfg.test.nms_pre = 0.3, 0  # nms_pre <= 0: all candidates, as detections_from_dense
-    for batch in (1, 2):
-        images = torch.randn(batch, 3, *SIZE)
+    for batch, size in ((1, SIZE), (2, SIZE2)):  # dynamic batch, height and width
+        images = torch.randn(batch, 3, *size)
         boxes, scores = (torch.from_numpy(v) for v in run_onnx(path, images))
         with torch.no_grad():
             ref_boxes, ref_scores = ExportedModel(model)(images)
@@ -65,7 +65,7 @@ def test_onnx_matches_pytorch_for_batch_1_and_2(tmp_path, head):
         torch.testing.assert_close(scores, ref_scores, atol=SCORE_ATOL, rtol=0)
 
         got = detections_from_dense(boxes, scores, cfg.test)
-        metas = [{"img_shape": SIZE, "scale_factor": (1.0, 1.0)}] * batch
+        metas = [{"img_shape": size, "scale_factor": (1.0, 1.0)}] * batch
         ref = postprocess(outputs, metas, cfg.test, model.strides, model.reg_max)
         assert sum(len(d["scores"]) for d in ref) > 0, "the test needs detections to compare"
         _same_detections(got, ref)
@@ -76,7 +76,7 @@ def test_cli_export_of_a_digits_checkpoint(tmp_path, capsys):
     cfg, model = _tiny_model("gfl")
     ckpt = save_checkpoint(tmp_path / "tiny.pth", model, meta={"classes": [str(i) for i in range(10)]})
     out = tmp_path / "out.onnx"
-    assert main(["export", "demo/gfl_r18_digits", str(ckpt), str(out), "--size", "64", "96"]) == 0
+    assert main(["export", "demo/gfl_r18_digits", str(ckpt), str(out), "--size", "64", "96", "--static-size"]) == 0
     text = capsys.readouterr().out
     assert out.is_file()
     assert "images: [batch, 3, 64, 96] float32" in text and "scores: [batch, 129, 10] float32" in text

@@ -21,6 +21,7 @@ bins in stride units) and ``cls_logits``.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ def require_onnx(check: bool = False):
     except ImportError as e:
         raise ExportError(f"exporting to ONNX needs the onnx and onnxscript packages ({e}); "
                           f"fix: {INSTALL_HINT}") from None
+    if "custom_translation_table" not in inspect.signature(torch.onnx.export).parameters:
+        raise ExportError(f"exporting to ONNX needs PyTorch 2.6 or later (torch.onnx.export with dynamo=True and "
+                          f"custom_translation_table); this is {torch.__version__}; fix: pip install -U torch")
     if check:
         try:
             import onnxruntime  # noqa: F401
@@ -110,34 +114,71 @@ def dense_flattener(model: nn.Module) -> Flattener:
                       f"flatten(outputs) -> DenseOutputs (GFL and models with a flatten method are exportable)")
 
 
-def decode_dense(dense: DenseOutputs, height, width) -> tuple[Tensor, Tensor]:
+def grid_points(level_sizes: Sequence[Sequence], strides: Sequence[int], center_offset: float = 0.0,
+                device=None) -> tuple[Tensor, Tensor]:
+    """Anchor points ``[A, 2]`` (pixels, ``((j + o)·s, (i + o)·s)``, levels concatenated, row-major)
+    and strides ``[A]`` computed from the feature-map sizes: inside the exported graph they follow
+    the input's ``H`` and ``W`` (the sizes are symbolic there; a family's prior cache is not)."""
+    points, per_anchor = [], []
+    for (h, w), s in zip(level_sizes, strides):
+        xs = (torch.arange(w, device=device, dtype=torch.float32) + center_offset) * s
+        ys = (torch.arange(h, device=device, dtype=torch.float32) + center_offset) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        points.append(torch.stack((xx.reshape(-1), yy.reshape(-1)), dim=-1))
+        per_anchor.append(torch.full_like(xx.reshape(-1), float(s)))
+    return torch.cat(points), torch.cat(per_anchor)
+
+
+def decode_dense(dense: DenseOutputs, height, width, points: Optional[Tensor] = None,
+                 strides: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
     """``DenseOutputs`` → ``boxes [B, A, 4]`` (xyxy pixels clipped to ``[0, width] × [0, height]``) and
     ``scores [B, A, C]`` (sigmoid of ``cls_logits``).
 
     The boxes are those of :func:`locdistill.models.postprocess.postprocess` before rescaling:
     anchor point ∓/± the Integral distance × stride, clamped at 0 and at the image size.
+    ``points [A, 2]`` / ``strides [A]`` default to ``dense``'s.
     """
-    dist = dense.distances() * dense.strides[:, None]  # [B, A, 4] pixels
-    pts = dense.points.to(dist.dtype)  # [A, 2]
-    boxes = torch.cat((pts - dist[..., :2], pts + dist[..., 2:]), dim=-1)
-    boxes = boxes.clamp(min=0)
-    max_xy = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+    points = dense.points if points is None else points
+    strides = dense.strides if strides is None else strides
+    dist = dense.distances() * strides[:, None].to(dense.box_logits.dtype)  # [B, A, 4] pixels
+    pts = points.to(dist.dtype)  # [A, 2]
+    boxes = torch.cat((pts - dist[..., :2], pts + dist[..., 2:]), dim=-1).clamp(min=0)
+    max_xy = torch.stack([torch.full((), width), torch.full((), height)] * 2).to(boxes)
     boxes = torch.minimum(boxes, max_xy)
     return boxes, dense.cls_logits.sigmoid()
 
 
 class ExportedModel(nn.Module):
     """``images [B,3,H,W]`` → ``(boxes [B,A,4], scores [B,A,C])``: the detector, its family's
-    ``flatten`` and :func:`decode_dense` (what the ONNX graph computes)."""
+    ``flatten`` and :func:`decode_dense` (what the ONNX graph computes).
+
+    The anchor points are recomputed from the feature-map sizes (:func:`grid_points` with the
+    model's ``strides`` and ``center_offset``, GFL: 0) so that ``H`` and ``W`` can be dynamic;
+    :meth:`check_points` verifies that they equal the family's ``DenseOutputs.points``.
+    """
 
     def __init__(self, model: nn.Module, flatten: Optional[Flattener] = None) -> None:
         super().__init__()
         self.model = model
         self.flatten = flatten or dense_flattener(model)
+        self.strides = tuple(int(v) for v in model.strides)
+        self.center_offset = float(getattr(model, "center_offset", 0.0))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         dense = self.flatten(self.model(images))
-        return decode_dense(dense, images.shape[-2], images.shape[-1])
+        points, strides = grid_points(dense.level_sizes, self.strides, self.center_offset, images.device)
+        return decode_dense(dense, images.shape[-2], images.shape[-1], points, strides)
+
+    @torch.no_grad()
+    def check_points(self, images: Tensor) -> None:
+        """Raise when :func:`grid_points` differs from the family's anchor points on ``images``."""
+        dense = self.flatten(self.model(images))
+        points, strides = grid_points(dense.level_sizes, self.strides, self.center_offset, images.device)
+        if points.shape != dense.points.shape or not (torch.allclose(points, dense.points.float())
+                                                      and torch.allclose(strides, dense.strides.float())):
+            raise ExportError(f"cannot export a {type(self.model).__name__}: its anchor points are not the grid "
+                              f"((j + center_offset)·stride, (i + center_offset)·stride) with center_offset="
+                              f"{self.center_offset} and strides {self.strides}")
 
 
 def detections_from_dense(boxes: Tensor, scores: Tensor, test_cfg: TestConfig,
@@ -184,9 +225,9 @@ class ExportResult:
     check: Optional[str] = None  # onnxruntime's verdict on a random batch, None when not run
 
     def summary(self) -> list[str]:
-        def fmt(v):
+        def fmt(v):  # a long symbolic dimension (the anchor count A of dynamic H, W) prints as "A"
             name, shape, dtype = v
-            return f"  {name}: [{', '.join(str(d) for d in shape)}] {dtype}"
+            return f"  {name}: [{', '.join(str(d) if len(str(d)) <= 16 else 'A' for d in shape)}] {dtype}"
 
         lines = [f"wrote {self.path} ({self.size_bytes / 2 ** 20:.2f} MiB, opset {self.opset}, "
                  f"{self.seconds:.1f} s)", "inputs:"]
@@ -210,37 +251,53 @@ def _graph_io(path: Path) -> tuple[list, list]:
 
 
 def export_model(model: nn.Module, path: str | os.PathLike, size: Sequence[int], opset: int = OPSET,
-                 check: Optional[bool] = None, batch: int = 2) -> ExportResult:
+                 check: Optional[bool] = None, batch: int = 2, dynamic_size: bool = True,
+                 size_divisor: int = 32) -> ExportResult:
     """Write ``model`` (a detector in eval mode, on the CPU) as ONNX to ``path``.
 
-    The batch dimension is dynamic; ``size = (H, W)`` is fixed: the anchor points are computed at
-    export time from the feature-map sizes (the family's ``flatten`` works with host ints), so the
-    graph only accepts images of that size (pad smaller ones; the boxes are in input pixels).
-    ``check`` (default: when onnxruntime is importable) runs the graph on a random batch of
-    ``batch`` images in onnxruntime and compares it with PyTorch.
+    The batch dimension is dynamic. With ``dynamic_size`` (default) ``H`` and ``W`` are too, as
+    multiples of ``size_divisor`` (the test pipeline pads to ``data.size_divisor``); ``size = (H, W)``
+    is then the example traced (a multiple of ``size_divisor``). Without it the graph accepts
+    ``size`` only. ``check`` (default: when onnxruntime is importable) runs the graph in onnxruntime
+    on random batches (``batch`` images of ``size``; with ``dynamic_size`` also one image one
+    ``size_divisor`` larger each way) and compares it with PyTorch.
     """
     require_onnx(check=bool(check))
     if check is None:
         check = onnxruntime_available()
     h, w = (int(v) for v in size)
+    div = max(int(size_divisor), 1)
     if h < 1 or w < 1:
         raise ConfigError(f"--size {h} {w}: height and width must be positive")
+    if dynamic_size and (h % div or w % div):
+        raise ConfigError(f"--size {h} {w}: with dynamic height and width the example size must be a multiple of "
+                          f"data.size_divisor={div}; fix: e.g. --size {-(-h // div) * div} {-(-w // div) * div}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wrapper = ExportedModel(model).eval()
     example = torch.randn(batch, 3, h, w)
+    wrapper = ExportedModel(model).eval()
+    wrapper.check_points(example)
+    dims = {0: torch.export.Dim("batch", min=1)}
+    traced = example
+    if dynamic_size:
+        # trace where every level has >= 2 rows and columns: torch.export fixes sizes 0 and 1 as constants
+        least = -(-(max(wrapper.strides) + 1) // div) * div
+        traced = torch.randn(batch, 3, max(h, least), max(w, least))
+        dims.update({2: div * torch.export.Dim("h_blocks", min=1, max=8192 // div),
+                     3: div * torch.export.Dim("w_blocks", min=1, max=8192 // div)})
     t0 = time.perf_counter()
     with torch.no_grad():
         program = torch.onnx.export(
-            wrapper, (example,), dynamo=True, opset_version=opset, input_names=["images"],
-            output_names=["boxes", "scores"], dynamic_shapes={"images": {0: torch.export.Dim("batch", min=1)}},
+            wrapper, (traced,), dynamo=True, opset_version=opset, input_names=["images"],
+            output_names=["boxes", "scores"], dynamic_shapes={"images": dims},
             external_data=False, verbose=False, custom_translation_table=stable_translations())
     program.save(str(path))
     seconds = time.perf_counter() - t0
     inputs, outputs = _graph_io(path)
     result = ExportResult(path, inputs, outputs, opset, path.stat().st_size, seconds)
     if check:  # a fresh wrapper: the traced one's flatten may cache export-time (fake) priors
-        result.check = check_onnx(ExportedModel(model).eval(), path, example)
+        batches = [example] + ([torch.randn(1, 3, h + div, w + div)] if dynamic_size else [])
+        result.check = check_onnx(ExportedModel(model).eval(), path, batches)
     return result
 
 
@@ -254,16 +311,24 @@ def run_onnx(path: str | os.PathLike, images) -> tuple:
     return tuple(sess.run(["boxes", "scores"], {"images": images}))
 
 
-def check_onnx(wrapper: nn.Module, path: Path, images: Tensor, atol: float = 1e-3) -> str:
-    """Run the file in onnxruntime and PyTorch on ``images``; raise when they differ by more than
-    ``atol`` (pixels for boxes, probability for scores)."""
-    with torch.no_grad():
-        ref = wrapper(images)
-    got = run_onnx(path, images)
-    diffs = [float((torch.from_numpy(g) - r).abs().max()) for g, r in zip(got, ref)]
-    what = (f"onnxruntime on a random batch of {images.shape[0]}: max |Δ| boxes {diffs[0]:.2e} px, "
-            f"scores {diffs[1]:.2e}")
-    if diffs[0] > atol * max(images.shape[-2:]) or diffs[1] > atol:
+def check_onnx(wrapper: nn.Module, path: Path, batches: Sequence[Tensor], atol: float = 1e-3) -> str:
+    """Run the file in onnxruntime and PyTorch on each batch of ``batches``; raise when they differ by
+    more than ``atol`` (scores) or ``atol`` × the image side (box pixels)."""
+    worst = [0.0, 0.0]
+    for images in batches:
+        with torch.no_grad():
+            ref = wrapper(images)
+        got = run_onnx(path, images)
+        for k, (g, r) in enumerate(zip(got, ref)):
+            if tuple(g.shape) != tuple(r.shape):
+                raise ExportError(f"onnxruntime gives {path.name}'s output {k} the shape {tuple(g.shape)} on "
+                                  f"images {tuple(images.shape)}; PyTorch {tuple(r.shape)}")
+            worst[k] = max(worst[k], float((torch.from_numpy(g) - r).abs().max()))
+        if not (worst[0] <= atol * max(images.shape[-2:]) and worst[1] <= atol):  # NaN fails too
+            break
+    shapes = ", ".join("×".join(str(v) for v in b.shape) for b in batches)
+    what = f"onnxruntime on random images {shapes}: max |Δ| boxes {worst[0]:.2e} px, scores {worst[1]:.2e}"
+    if not (worst[0] <= atol * max(max(b.shape[-2:]) for b in batches) and worst[1] <= atol):
         raise ExportError(f"{what}: the ONNX graph does not match PyTorch (tolerance {atol})")
     return what + " (matches PyTorch)"
 
@@ -280,14 +345,12 @@ def default_size(cfg: Config) -> tuple[int, int]:
 
 def export_onnx(config: str, checkpoint: Optional[str], out: str | os.PathLike,
                 size: Optional[Sequence[int]] = None, opset: int = OPSET, check: Optional[bool] = None,
-                overrides: Sequence[str] = ()) -> ExportResult:
-    """``locdistill export CONFIG CKPT OUT``: load the detector (as ``predict``) and :func:`export_model`.
-
-    ``H`` and ``W`` are fixed at export (``size``, default :func:`default_size`): dynamic spatial
-    sizes would need the anchor points as graph computations, which the families' ``flatten``
-    (host-int feature sizes, a prior cache) does not provide.
-    """
+                overrides: Sequence[str] = (), dynamic_size: bool = True) -> ExportResult:
+    """``locdistill export CONFIG CKPT OUT``: load the detector (as ``predict``) and :func:`export_model`
+    (``size`` default :func:`default_size`; ``H``, ``W`` dynamic multiples of ``data.size_divisor``
+    unless ``dynamic_size=False``)."""
     require_onnx(check=bool(check))  # before loading anything
     cfg = load_config(config, list(overrides))
     det = open_detector(cfg, checkpoint, select_device("cpu"))
-    return export_model(det.model, out, size or default_size(cfg), opset=opset, check=check)
+    return export_model(det.model, out, size or default_size(cfg), opset=opset, check=check,
+                        dynamic_size=dynamic_size, size_divisor=cfg.data.size_divisor)
