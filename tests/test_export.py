@@ -64,12 +64,14 @@ def test_onnx_matches_pytorch_for_batch_1_and_2(tmp_path, head):
         torch.testing.assert_close(boxes, ref_boxes, atol=BOX_ATOL, rtol=0)
         torch.testing.assert_close(scores, ref_scores, atol=SCORE_ATOL, rtol=0)
 
-        got = detections_from_dense(boxes, scores, cfg.test)
-        metas = [{"img_shape": size, "scale_factor": (1.0, 1.0)}] * batch
+        # image 0 fills the input; image 1 (batch 2) is smaller, padded, and resized by 1.5
+        metas = [{"img_shape": size, "scale_factor": (1.0, 1.0)},
+                 {"img_shape": (size[0] - 20, size[1] - 30), "scale_factor": (1.5, 1.5)}][:batch]
+        got = detections_from_dense(boxes, scores, cfg.test, metas)
         ref = postprocess(outputs, metas, cfg.test, model.strides, model.reg_max)
-        assert sum(len(d["scores"]) for d in ref) > 0, "the test needs detections to compare"
+        assert all(len(d["scores"]) > 0 for d in ref), "the test needs detections to compare"
         _same_detections(got, ref)
-        _same_detections(detections_from_dense(ref_boxes, ref_scores, cfg.test), ref)
+        _same_detections(detections_from_dense(ref_boxes, ref_scores, cfg.test, metas), ref)
 
 
 def test_cli_export_of_a_digits_checkpoint(tmp_path, capsys):

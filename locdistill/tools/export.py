@@ -181,27 +181,32 @@ class ExportedModel(nn.Module):
                               f"{self.center_offset} and strides {self.strides}")
 
 
-def detections_from_dense(boxes: Tensor, scores: Tensor, test_cfg: TestConfig,
-                          scale_factors: Optional[Sequence[Sequence[float]]] = None) -> list[dict[str, Tensor]]:
+def detections_from_dense(boxes, scores, test_cfg: TestConfig,
+                          image_metas: Optional[Sequence[Mapping]] = None) -> list[dict[str, Tensor]]:
     """Final detections from the graph's outputs: every (anchor, class) pair scoring above
-    ``test.score_thr``, boxes ÷ ``scale_factor`` (``(w_scale, h_scale)`` per image, default 1), empty
-    boxes dropped, the config's class-aware NMS (:func:`locdistill.nms.get_nms`), the best
-    ``max_per_img`` kept. As :func:`~locdistill.models.postprocess.postprocess` with ``nms_pre ≤ 0``
-    (this takes all candidates, not the top ``nms_pre`` per level).
+    ``test.score_thr``; boxes clipped to the meta's ``img_shape`` ``(h, w)`` (the resized image
+    without its padding) and ÷ ``scale_factor`` ``(w_scale, h_scale)`` (both optional, as
+    :func:`locdistill.inference.prepare_image` returns them); empty boxes dropped; the config's
+    class-aware NMS (:func:`locdistill.nms.get_nms`); the best ``max_per_img`` kept. As
+    :func:`~locdistill.models.postprocess.postprocess` with ``nms_pre ≤ 0`` (all candidates, not the
+    top ``nms_pre`` per level).
 
     Args: ``boxes [B, A, 4]``, ``scores [B, A, C]`` (tensors or numpy arrays).
-    Returns per image ``boxes [K, 4]``, ``scores [K]`` (descending), ``labels [K]``.
+    Returns per image ``boxes [K, 4]``, ``scores [K]`` (descending), ``labels [K]`` (CPU tensors).
     """
     boxes, scores = torch.as_tensor(boxes).float(), torch.as_tensor(scores).float()
     nms_fn = get_nms(test_cfg.nms)
-    num_images, _, num_classes = scores.shape
     results = []
-    for i in range(num_images):
+    for i in range(scores.shape[0]):
         anchor, label = (scores[i] > test_cfg.score_thr).nonzero(as_tuple=True)
         b, s = boxes[i][anchor], scores[i][anchor, label]
-        if scale_factors is not None:
-            ws, hs = (float(v) for v in scale_factors[i][:2])
-            b = b / torch.tensor([ws, hs, ws, hs])
+        meta = image_metas[i] if image_metas is not None else {}
+        if "img_shape" in meta:
+            h, w = (float(v) for v in meta["img_shape"][:2])
+            b = torch.minimum(b, torch.tensor([w, h, w, h]))
+        sf = meta.get("scale_factor", (1.0, 1.0))
+        ws, hs = (float(v) for v in (list(sf) * 2)[:2])
+        b = b / torch.tensor([ws, hs, ws, hs])
         ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
         b, s, label = b[ok], s[ok], label[ok]
         b, s, keep = nms_fn(b, s, label, test_cfg.iou_thr)
