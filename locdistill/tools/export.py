@@ -4,20 +4,23 @@ The graph (opset :data:`OPSET`):
 
 * input ``images``: ``[B, 3, H, W]`` float32, normalised and padded exactly as the test pipeline
   (:func:`locdistill.inference.prepare_image`) makes them; ``B`` is dynamic, ``H`` and ``W`` are
-  fixed at export time (``--size H W``, default the config's ``data.img_scale`` padded to
-  ``data.size_divisor``; see :func:`export_onnx` for why).
+  dynamic multiples of ``data.size_divisor`` (or fixed to ``--size H W`` with ``--static-size``).
 * outputs ``boxes``: ``[B, A, 4]`` float32 xyxy in pixels of the input, clipped to ``[0, W] × [0, H]``;
   ``scores``: ``[B, A, C]`` float32 sigmoid class scores (a GFLv2 model: the joint
   classification–quality score). ``A`` = all anchors of all levels (level by level, row-major).
 
-NMS is not in the graph: :func:`detections_from_dense` (score threshold, the config's NMS,
-``max_per_img``) applies it to the graph's outputs, as the PyTorch post-processing would.
+NMS is not in the graph: :func:`detections_from_dense` (score threshold, clipping and rescaling,
+the config's NMS, ``max_per_img``) applies it to the graph's outputs, as the PyTorch
+post-processing would.
 
-Family hook: the graph is ``decode_dense(flatten(model(images)))``. A detector family is exportable
-when :func:`dense_flattener` finds its ``flatten(outputs) -> DenseOutputs``: a model with a
-``flatten`` method provides it itself; a :class:`~locdistill.models.detector.GFL` uses the GFL
-criterion's. ``decode_dense`` needs only ``DenseOutputs.points``, ``strides``, ``box_logits`` (DFL
-bins in stride units) and ``cls_logits``.
+Family hook: the graph is ``decode_dense(flatten(model(images)))`` with the anchor points
+recomputed in the graph (:func:`grid_points`) so that ``H`` and ``W`` stay dynamic. A detector
+family is exportable when :func:`dense_flattener` finds its ``flatten(outputs) -> DenseOutputs``
+(a model's own ``flatten`` method; the GFL criterion's for a :class:`~locdistill.models.detector.GFL`),
+the model has ``strides`` and its anchor points are ``((j + o)·s, (i + o)·s)`` with
+``o = model.center_offset`` (default 0, GFL's): :meth:`ExportedModel.check_points` verifies this
+against ``DenseOutputs.points`` before exporting. ``decode_dense`` uses ``box_logits`` (DFL bins in
+stride units) and ``cls_logits``.
 """
 from __future__ import annotations
 
@@ -40,8 +43,9 @@ from ..models.dense import DenseOutputs
 from ..models.detector import GFL
 from ..nms import get_nms
 
-__all__ = ["ExportedModel", "ExportResult", "OPSET", "decode_dense", "dense_flattener", "detections_from_dense",
-           "export_model", "export_onnx", "require_onnx"]
+__all__ = ["ExportError", "ExportResult", "ExportedModel", "OPSET", "check_onnx", "decode_dense", "dense_flattener",
+           "detections_from_dense", "export_model", "export_onnx", "grid_points", "require_onnx", "run_onnx",
+           "stable_translations"]
 
 OPSET = 18
 INSTALL_HINT = 'pip install "locdistill[export]"'
