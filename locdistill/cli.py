@@ -167,7 +167,8 @@ def cmd_export(args) -> int:
     from .tools.export import export_onnx
 
     result = export_onnx(args.config, args.checkpoint, args.output, size=args.size, opset=args.opset,
-                         check=args.check, overrides=args.overrides, dynamic_size=not args.static_size)
+                         check=args.check, overrides=args.overrides, dynamic_size=not args.static_size,
+                         nms=args.nms)
     print("\n".join(result.summary()))
     return 0
 
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image size of the onnxruntime check, and with --static-size the only size the graph "
                         "accepts (default data.img_scale padded to data.size_divisor, landscape)")
     s.add_argument("--static-size", action="store_true", help="fix H and W to --size in the graph")
+    s.add_argument("--nms", action="store_true",
+                   help="put hard NMS (test.nms=nms, test.score_thr, test.iou_thr) into the graph: outputs det_boxes "
+                        "[N,4], det_scores [N], det_labels [N], det_image [N] (input pixels, no max_per_img)")
     s.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     s.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
                    help="run the file in onnxruntime on a random batch and compare with PyTorch "

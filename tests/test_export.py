@@ -16,6 +16,7 @@ from locdistill.config import load_config
 from locdistill.errors import LocDistillError
 from locdistill.models.build import build_detector
 from locdistill.models.postprocess import postprocess
+from locdistill.errors import ConfigError
 from locdistill.tools.export import ExportedModel, detections_from_dense, export_model, export_onnx, run_onnx
 
 pytest.importorskip("onnx")
@@ -72,6 +73,25 @@ def test_onnx_matches_pytorch_for_batch_1_and_2(tmp_path, head):
         assert all(len(d["scores"]) > 0 for d in ref), "the test needs detections to compare"
         _same_detections(got, ref)
         _same_detections(detections_from_dense(ref_boxes, ref_scores, cfg.test, metas), ref)
+
+
+def test_nms_in_the_graph_matches_the_projects_nms(tmp_path):
+    cfg, model = _tiny_model("gfl")
+    cfg.test.score_thr, cfg.test.max_per_img = 0.3, 0  # the graph applies no max_per_img
+    path = tmp_path / "nms.onnx"
+    result = export_model(model, path, SIZE, check=True, dynamic_size=False, nms=cfg.test)
+    assert [o[0] for o in result.outputs] == ["det_boxes", "det_scores", "det_labels", "det_image"]
+    images = torch.randn(2, 3, *SIZE)
+    det_boxes, det_scores, det_labels, det_image = (torch.from_numpy(v) for v in run_onnx(path, images))
+    with torch.no_grad():
+        ref = detections_from_dense(*ExportedModel(model)(images), cfg.test)
+    got = [{"boxes": det_boxes[det_image == i], "scores": det_scores[det_image == i],
+            "labels": det_labels[det_image == i]} for i in range(2)]
+    assert all(len(d["scores"]) > 0 for d in ref)
+    _same_detections(got, ref)
+    cfg.test.nms = "voting_cluster_diou"
+    with pytest.raises(ConfigError, match="test.nms=nms"):
+        export_model(model, path, SIZE, check=False, nms=cfg.test)
 
 
 def test_cli_export_of_a_digits_checkpoint(tmp_path, capsys):

@@ -9,9 +9,9 @@ The graph (opset :data:`OPSET`):
   ``scores``: ``[B, A, C]`` float32 sigmoid class scores (a GFLv2 model: the joint
   classification–quality score). ``A`` = all anchors of all levels (level by level, row-major).
 
-NMS is not in the graph: :func:`detections_from_dense` (score threshold, clipping and rescaling,
-the config's NMS, ``max_per_img``) applies it to the graph's outputs, as the PyTorch
-post-processing would.
+NMS is not in the graph by default: :func:`detections_from_dense` (score threshold, clipping and
+rescaling, the config's NMS, ``max_per_img``) applies it to the graph's outputs, as the PyTorch
+post-processing would. ``--nms`` puts hard NMS into the graph instead (:class:`ExportedModelNMS`).
 
 Family hook: the graph is ``decode_dense(flatten(model(images)))`` with the anchor points
 recomputed in the graph (:func:`grid_points`) so that ``H`` and ``W`` stay dynamic. A detector
@@ -27,12 +27,14 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
+from torchvision import ops as tv_ops
 
 from ..config import Config, TestConfig, load_config
 from ..engine.device import select_device
@@ -43,7 +45,7 @@ from ..models.dense import DenseOutputs
 from ..models.detector import GFL
 from ..nms import get_nms
 
-__all__ = ["ExportError", "ExportResult", "ExportedModel", "OPSET", "check_onnx", "decode_dense", "dense_flattener",
+__all__ = ["ExportError", "ExportResult", "ExportedModel", "ExportedModelNMS", "OPSET", "check_onnx", "decode_dense", "dense_flattener",
            "detections_from_dense", "export_model", "export_onnx", "grid_points", "require_onnx", "run_onnx",
            "stable_translations"]
 
@@ -185,6 +187,33 @@ class ExportedModel(nn.Module):
                               f"{self.center_offset} and strides {self.strides}")
 
 
+class ExportedModelNMS(nn.Module):
+    """:class:`ExportedModel` + in-graph hard NMS (``--nms``): ``images`` → ``det_boxes [N, 4]`` (xyxy
+    input pixels), ``det_scores [N]`` (descending), ``det_labels [N]``, ``det_image [N]`` (index in
+    the batch; int64). Every (anchor, class) pair above ``score_thr``, class-aware NMS per image
+    (torchvision's, exported as onnxruntime's ``NonMaxSuppression``). Not in the graph: clipping to
+    the unpadded image, rescaling to the original image, ``max_per_img``."""
+
+    def __init__(self, model: nn.Module, score_thr: float, iou_thr: float) -> None:
+        super().__init__()
+        self.inner = ExportedModel(model)
+        self.score_thr, self.iou_thr = float(score_thr), float(iou_thr)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        boxes, scores = self.inner(images)
+        num_anchors, num_classes = scores.shape[1:]
+        flat = scores.reshape(-1)
+        pick = torch.nonzero(flat > self.score_thr).squeeze(1)
+        labels = pick % num_classes
+        anchor = torch.div(pick, num_classes, rounding_mode="floor")  # over B·A
+        image = torch.div(anchor, num_anchors, rounding_mode="floor")
+        picked = boxes.reshape(-1, 4)[anchor]
+        # one NMS for all (image, class) groups: boxes of different groups are moved apart
+        offset = (image * num_classes + labels).to(picked.dtype)[:, None] * (images.shape[-1] + images.shape[-2] + 1.0)
+        keep = tv_ops.nms(picked + offset, flat[pick], self.iou_thr)
+        return picked[keep], flat[pick][keep], labels[keep], image[keep]
+
+
 def detections_from_dense(boxes, scores, test_cfg: TestConfig,
                           image_metas: Optional[Sequence[Mapping]] = None) -> list[dict[str, Tensor]]:
     """Final detections from the graph's outputs: every (anchor, class) pair scoring above
@@ -232,6 +261,7 @@ class ExportResult:
     size_bytes: int
     seconds: float
     check: Optional[str] = None  # onnxruntime's verdict on a random batch, None when not run
+    nms: bool = False  # hard NMS in the graph
 
     def summary(self) -> list[str]:
         def fmt(v):  # a long symbolic dimension (the anchor count A of dynamic H, W) prints as "A"
@@ -241,7 +271,8 @@ class ExportResult:
         lines = [f"wrote {self.path} ({self.size_bytes / 2 ** 20:.2f} MiB, opset {self.opset}, "
                  f"{self.seconds:.1f} s)", "inputs:"]
         lines += [fmt(v) for v in self.inputs] + ["outputs:"] + [fmt(v) for v in self.outputs]
-        lines.append("NMS is not in the graph: apply it to boxes/scores (docs/tools.md, Export to ONNX)")
+        lines.append("hard NMS is in the graph (not: clipping to the unpadded image, rescaling, max_per_img)" if self.nms
+                     else "NMS is not in the graph: apply it to boxes/scores (docs/tools.md, Export to ONNX)")
         if self.check is not None:
             lines.append(f"check: {self.check}")
         return lines
@@ -261,7 +292,7 @@ def _graph_io(path: Path) -> tuple[list, list]:
 
 def export_model(model: nn.Module, path: str | os.PathLike, size: Sequence[int], opset: int = OPSET,
                  check: Optional[bool] = None, batch: int = 2, dynamic_size: bool = True,
-                 size_divisor: int = 32) -> ExportResult:
+                 size_divisor: int = 32, nms: Optional[TestConfig] = None) -> ExportResult:
     """Write ``model`` (a detector in eval mode, on the CPU) as ONNX to ``path``.
 
     The batch dimension is dynamic. With ``dynamic_size`` (default) ``H`` and ``W`` are too, as
@@ -269,7 +300,9 @@ def export_model(model: nn.Module, path: str | os.PathLike, size: Sequence[int],
     is then the example traced (a multiple of ``size_divisor``). Without it the graph accepts
     ``size`` only. ``check`` (default: when onnxruntime is importable) runs the graph in onnxruntime
     on random batches (``batch`` images of ``size``; with ``dynamic_size`` also one image one
-    ``size_divisor`` larger each way) and compares it with PyTorch.
+    ``size_divisor`` larger each way) and compares it with PyTorch. ``nms`` (a ``TestConfig`` with
+    ``nms="nms"``) puts hard NMS into the graph (:class:`ExportedModelNMS`, its ``score_thr`` and
+    ``iou_thr``).
     """
     require_onnx(check=bool(check))
     if check is None:
@@ -284,45 +317,54 @@ def export_model(model: nn.Module, path: str | os.PathLike, size: Sequence[int],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     example = torch.randn(batch, 3, h, w)
-    wrapper = ExportedModel(model).eval()
-    wrapper.check_points(example)
+    if nms is not None and nms.nms != "nms":
+        raise ConfigError(f"--nms puts hard NMS (test.nms='nms') into the graph; test.nms={nms.nms!r} has no ONNX "
+                          f"form; fix: --set test.nms=nms, or export without --nms and run it outside the graph")
+    ExportedModel(model).check_points(example)
+    make = (lambda: ExportedModelNMS(model, nms.score_thr, nms.iou_thr)) if nms is not None else (
+        lambda: ExportedModel(model))
+    wrapper = make().eval()
+    names = ["det_boxes", "det_scores", "det_labels", "det_image"] if nms is not None else ["boxes", "scores"]
     dims = {0: torch.export.Dim("batch", min=1)}
     traced = example
     if dynamic_size:
         # trace where every level has >= 2 rows and columns: torch.export fixes sizes 0 and 1 as constants
-        least = -(-(max(wrapper.strides) + 1) // div) * div
+        least = -(-(max(int(v) for v in model.strides) + 1) // div) * div
         traced = torch.randn(batch, 3, max(h, least), max(w, least))
         dims.update({2: div * torch.export.Dim("h_blocks", min=1, max=8192 // div),
                      3: div * torch.export.Dim("w_blocks", min=1, max=8192 // div)})
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torchvision's NMS shape function uses a deprecated torch name (a FutureWarning per trace)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torchvision")
         program = torch.onnx.export(
             wrapper, (traced,), dynamo=True, opset_version=opset, input_names=["images"],
-            output_names=["boxes", "scores"], dynamic_shapes={"images": dims},
+            output_names=names, dynamic_shapes={"images": dims},
             external_data=False, verbose=False, custom_translation_table=stable_translations())
     program.save(str(path))
     seconds = time.perf_counter() - t0
     inputs, outputs = _graph_io(path)
-    result = ExportResult(path, inputs, outputs, opset, path.stat().st_size, seconds)
+    result = ExportResult(path, inputs, outputs, opset, path.stat().st_size, seconds, nms=nms is not None)
     if check:  # a fresh wrapper: the traced one's flatten may cache export-time (fake) priors
         batches = [example] + ([torch.randn(1, 3, h + div, w + div)] if dynamic_size else [])
-        result.check = check_onnx(ExportedModel(model).eval(), path, batches)
+        result.check = check_onnx(make().eval(), path, batches)
     return result
 
 
 def run_onnx(path: str | os.PathLike, images) -> tuple:
-    """``(boxes, scores)`` numpy arrays of the ONNX file on ``images`` (onnxruntime, CPU)."""
+    """The outputs of the ONNX file on ``images`` as numpy arrays (onnxruntime, CPU): ``(boxes, scores)``,
+    or with ``--nms`` ``(det_boxes, det_scores, det_labels, det_image)``."""
     require_onnx(check=True)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = images.numpy() if isinstance(images, Tensor) else images
-    return tuple(sess.run(["boxes", "scores"], {"images": images}))
+    return tuple(sess.run(None, {"images": images}))
 
 
 def check_onnx(wrapper: nn.Module, path: Path, batches: Sequence[Tensor], atol: float = 1e-3) -> str:
     """Run the file in onnxruntime and PyTorch on each batch of ``batches``; raise when they differ by
-    more than ``atol`` (scores) or ``atol`` × the image side (box pixels)."""
+    more than ``atol`` (scores, labels) or ``atol`` × the image side (box pixels; output 0)."""
     worst = [0.0, 0.0]
     for images in batches:
         with torch.no_grad():
@@ -332,7 +374,9 @@ def check_onnx(wrapper: nn.Module, path: Path, batches: Sequence[Tensor], atol: 
             if tuple(g.shape) != tuple(r.shape):
                 raise ExportError(f"onnxruntime gives {path.name}'s output {k} the shape {tuple(g.shape)} on "
                                   f"images {tuple(images.shape)}; PyTorch {tuple(r.shape)}")
-            worst[k] = max(worst[k], float((torch.from_numpy(g) - r).abs().max()))
+            if g.size:  # output 0: boxes (pixels); the others: scores, labels, image indices
+                diff = float((torch.from_numpy(g).double() - r.double()).abs().max())
+                worst[min(k, 1)] = max(worst[min(k, 1)], diff)
         if not (worst[0] <= atol * max(images.shape[-2:]) and worst[1] <= atol):  # NaN fails too
             break
     shapes = ", ".join("×".join(str(v) for v in b.shape) for b in batches)
@@ -354,12 +398,13 @@ def default_size(cfg: Config) -> tuple[int, int]:
 
 def export_onnx(config: str, checkpoint: Optional[str], out: str | os.PathLike,
                 size: Optional[Sequence[int]] = None, opset: int = OPSET, check: Optional[bool] = None,
-                overrides: Sequence[str] = (), dynamic_size: bool = True) -> ExportResult:
+                overrides: Sequence[str] = (), dynamic_size: bool = True, nms: bool = False) -> ExportResult:
     """``locdistill export CONFIG CKPT OUT``: load the detector (as ``predict``) and :func:`export_model`
     (``size`` default :func:`default_size`; ``H``, ``W`` dynamic multiples of ``data.size_divisor``
-    unless ``dynamic_size=False``)."""
+    unless ``dynamic_size=False``; ``nms``: hard NMS in the graph with ``test.score_thr`` / ``iou_thr``)."""
     require_onnx(check=bool(check))  # before loading anything
     cfg = load_config(config, list(overrides))
     det = open_detector(cfg, checkpoint, select_device("cpu"))
     return export_model(det.model, out, size or default_size(cfg), opset=opset, check=check,
-                        dynamic_size=dynamic_size, size_divisor=cfg.data.size_divisor)
+                        dynamic_size=dynamic_size, size_divisor=cfg.data.size_divisor,
+                        nms=cfg.test if nms else None)
