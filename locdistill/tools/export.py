@@ -365,11 +365,12 @@ def run_onnx(path: str | os.PathLike, images) -> tuple:
 def check_onnx(wrapper: nn.Module, path: Path, batches: Sequence[Tensor], atol: float = 1e-3) -> str:
     """Run the file in onnxruntime and PyTorch on each batch of ``batches``; raise when they differ by
     more than ``atol`` (scores, labels) or ``atol`` × the image side (box pixels; output 0)."""
-    worst = [0.0, 0.0]
+    worst, found = [0.0, 0.0], 0
     for images in batches:
         with torch.no_grad():
             ref = wrapper(images)
         got = run_onnx(path, images)
+        found += len(got[0]) if len(got) == 4 else 0  # --nms: detections compared
         for k, (g, r) in enumerate(zip(got, ref)):
             if tuple(g.shape) != tuple(r.shape):
                 raise ExportError(f"onnxruntime gives {path.name}'s output {k} the shape {tuple(g.shape)} on "
@@ -381,6 +382,8 @@ def check_onnx(wrapper: nn.Module, path: Path, batches: Sequence[Tensor], atol: 
             break
     shapes = ", ".join("×".join(str(v) for v in b.shape) for b in batches)
     what = f"onnxruntime on random images {shapes}: max |Δ| boxes {worst[0]:.2e} px, scores {worst[1]:.2e}"
+    if len(ref) == 4:
+        what += f" ({found} detections)"
     if not (worst[0] <= atol * max(max(b.shape[-2:]) for b in batches) and worst[1] <= atol):
         raise ExportError(f"{what}: the ONNX graph does not match PyTorch (tolerance {atol})")
     return what + " (matches PyTorch)"
