@@ -163,6 +163,16 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .tools.export import export_onnx
+
+    result = export_onnx(args.config, args.checkpoint, args.output, size=args.size, opset=args.opset,
+                         check=args.check, overrides=args.overrides, dynamic_size=not args.static_size,
+                         nms=args.nms)
+    print("\n".join(result.summary()))
+    return 0
+
+
 def cmd_visualize_distribution(args) -> int:
     from .tools.visualize import visualize_distribution
 
@@ -301,6 +311,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--score-thr", type=float, default=0.3, help="draw detections scoring at least this (default 0.3)")
     _add_set(s)
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="write a detector as ONNX: locdistill export CONFIG CKPT model.onnx",
+                       description="Export the detector with its box decoding as an ONNX graph: input images "
+                                   "[B,3,H,W] (normalised and padded as the test pipeline does; B dynamic, H and W "
+                                   "dynamic multiples of data.size_divisor unless --static-size), outputs boxes "
+                                   "[B,A,4] (xyxy input pixels) and scores [B,A,C] (sigmoid; GFLv2: joint scores). "
+                                   "NMS is not in the graph (docs/tools.md). Needs pip install "
+                                   "\"locdistill[export]\".")
+    s.add_argument("config")
+    s.add_argument("checkpoint", help="weights to export")
+    s.add_argument("output", metavar="OUT", help="ONNX file to write (e.g. model.onnx)")
+    s.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                   help="image size of the onnxruntime check, and with --static-size the only size the graph "
+                        "accepts (default data.img_scale padded to data.size_divisor, landscape)")
+    s.add_argument("--static-size", action="store_true", help="fix H and W to --size in the graph")
+    s.add_argument("--nms", action="store_true",
+                   help="put hard NMS (test.nms=nms, test.score_thr, test.iou_thr) into the graph: outputs det_boxes "
+                        "[N,4], det_scores [N], det_labels [N], det_image [N] (input pixels, no max_per_img)")
+    s.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    s.add_argument("--check", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the file in onnxruntime on a random batch and compare with PyTorch "
+                        "(default: on when onnxruntime is installed)")
+    _add_set(s)
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("visualize-distribution",
                        help="plot the per-side box distributions of the top detections (student, teacher)",
