@@ -219,3 +219,19 @@ def test_yolo_teacher_to_gfl_student_cli(tmp_path):
     assert (teacher / "latest.pth").read_bytes() == t_bytes  # the teacher never changes
     assert _no_teacher_in(wd / "latest.pth")
     assert main(["test", str(wd / "config.py"), str(wd / "latest.pth"), "--set", *SMALL[:6]]) == 0
+
+
+def test_heterogeneous_gfl_pair_with_crosshead_is_a_config_error():
+    cfg = load_config("demo/ld_r34_r18_digits")
+    cfg.distill.teacher_config = "yolo/yolov8s_digits"
+    cfg.distill.__dict__.update(recipe_values("crosshead", 10))
+    with pytest.raises(ConfigError, match="cross-head"):  # a YOLO teacher: the family check
+        build_criterion(cfg)
+    cfg = load_config("demo/ld_r34_r18_digits")
+    cfg.model.head.reg_max = 8  # same family, other bins: mapped for LD, not for cross-head
+    cfg.distill.__dict__.update(recipe_values("crosshead", 10))
+    with pytest.raises(ConfigError, match=r"another layout.*distill.recipe=ld"):
+        build_criterion(cfg)
+    cfg.distill.__dict__.update(recipe_values("full", 10))
+    crit = build_criterion(cfg)
+    assert crit.distill_terms.hetero_strides == ((8, 16, 32, 64, 128), (8, 16, 32, 64, 128))

@@ -70,6 +70,14 @@ def build_criterion(cfg: Config, distill: Optional[bool] = None, **changes) -> U
         args["distill_terms"] = DistillTerms.from_config(cfg.distill, **distill_changes)
     criterion = (YOLOCriterion if cfg.model.type == "yolo" else GFLCriterion)(**args)
     if tcfg is not None and layout(tcfg) != layout(cfg):
+        d = cfg.distill
+        if d.crosshead or d.imitation:
+            raise ConfigError(
+                f"the teacher ({cfg.distill.teacher_config}: strides, reg_max, anchor offset {layout(tcfg)}) has "
+                f"another layout than the student ({layout(cfg)}): heterogeneous LD maps its distributions for "
+                "the terms on the student's outputs, but cross-head LD (the default `crosshead` recipe) and "
+                "feature imitation need the same layout; use --set distill.recipe=ld or distill.recipe=full "
+                "(docs/distillation.md, \"Heterogeneous LD\")")
         # heterogeneous pair (docs/distillation.md, "Heterogeneous LD"): the teacher's outputs are flattened by
         # its own family's flatten, then mapped onto the student's anchors and bins by the terms each step
         teacher_flatten = build_criterion(tcfg, distill=False).flatten
