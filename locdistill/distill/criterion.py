@@ -85,7 +85,7 @@ class DistillTerms:
 
     #: not a config field: ``(teacher strides, student strides)`` per level as host ints when the pair's layouts
     #: differ (set by :func:`~.build.build_criterion` from both configs; heterogeneous LD, :mod:`.hetero`).
-    #: None = same layout, or (teacher box logits of another shape) strides read from the tensors each step.
+    #: None = same layout (a teacher of another shape is then a ValueError, :func:`~.terms.check_pair`).
     hetero_strides = None
 
     def __post_init__(self) -> None:
@@ -126,6 +126,13 @@ class DistillTerms:
         """LD on the main region, LD on the VLR and class KD (DESIGN §5; :mod:`.terms`), then the
         cross-head terms and feature imitation.
 
+        Any family's outputs (GFL, YOLO): the regions come from its ``Assignment`` (YOLO: TAL positives
+        weighted by the normalised alignment metric; VLR on the substitute anchors and thresholds).
+        A teacher of another layout (``hetero_strides`` set, as :func:`~.build.build_criterion` does) is first
+        mapped onto the student's anchors and bins (:func:`~.hetero.map_teacher`, one resampling per
+        temperature) and every region weight, class KD's positives included, is multiplied by
+        ``matched``; cross-head LD and feature imitation are then a ValueError.
+
         Args:
             student, teacher: both sides' flat predictions (the family's ``flatten``).
             assignment: the student's assignment.
@@ -141,7 +148,7 @@ class DistillTerms:
         """
         scale = reduction_scale(self.reduction, student.box_logits.shape[0])
         losses = {}
-        if self.hetero_strides is not None or teacher.box_logits.shape != student.box_logits.shape:
+        if self.hetero_strides is not None:
             # heterogeneous LD (docs/distillation.md): the teacher on the student's anchors and bins, the same
             # terms, every region weight (class KD's positives too) times `matched`
             if self.crosshead_ld_weight or self.crosshead_kd_weight or self.crosshead_box_weight or \
