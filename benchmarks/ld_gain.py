@@ -18,7 +18,19 @@ Diagnostics (ask for them with --variants):
 
     python benchmarks/ld_gain.py --seeds 0 1 2 --out-dir work_dirs/ld_gain --jobs 2 --threads 1
 
-Settings (--setting) say where the teacher comes from; the students are the same:
+YOLO family (--family yolo; docs/yolo.md, "Distillation"): a YOLOv8-n student on the same digits schedule
+(yolo/yolov8n_digits), variants
+  baseline    the YOLOv8-n student alone
+  ld          + main-region LD (TAL positives) from a YOLOv8-s teacher (yolo/ld_yolov8s_yolov8n_digits),
+              trained once by this script into OUT_DIR/teacher_yolov8s on the student's own data
+  full        + VLR-LD on the family's substitute VLR + class KD (1.25), same teacher
+  hetero_gfl  main LD from the shipped GFL R-34 teacher (yolo/ld_gfl_r34_yolov8n_digits; heterogeneous:
+              P3-P5 matched, reg_max 16 -> 15, half-cell offset)
+  hetero_gfl_full  the same with the full recipe (diagnostic)
+
+    python benchmarks/ld_gain.py --family yolo --seeds 0 1 2 --out-dir work_dirs/ld_gain --jobs 2 --threads 1
+
+Settings (--setting, GFL family) say where the teacher comes from; the students are the same:
   demo       the shipped R-34 teacher, trained on 2,000 other scenes with exact boxes
   same_data  the realistic case: an R-34 teacher trained on the student's own 2,000 scenes
              with the same noisy boxes (train.epochs 16), so on the student's training
@@ -55,6 +67,20 @@ VARIANTS = {
     "ld_sum": (LD, ["distill.recipe=ld", "distill.reduction=sum"]),
 }
 DEFAULT_VARIANTS = ["baseline", "ld", "full"]
+YOLO_LD = "yolo/ld_yolov8s_yolov8n_digits"
+YOLO_HETERO = "yolo/ld_gfl_r34_yolov8n_digits"
+# YOLO family: variant -> (config, overrides, teacher trained by this script or None = the config's own)
+YOLO_VARIANTS = {
+    "baseline": ("yolo/yolov8n_digits", [], None),
+    "ld": (YOLO_LD, ["distill.recipe=ld"], "yolov8s"),
+    "full": (YOLO_LD, ["distill.recipe=full"], "yolov8s"),
+    "hetero_gfl": (YOLO_HETERO, ["distill.recipe=ld"], None),
+    # diagnostics
+    "hetero_gfl_full": (YOLO_HETERO, ["distill.recipe=full"], None),
+}
+YOLO_DEFAULT_VARIANTS = ["baseline", "ld", "full", "hetero_gfl"]
+# the YOLO teachers this script trains (OUT_DIR/teacher_<name>): config, overrides
+YOLO_TEACHERS = {"yolov8s": ("yolo/yolov8s_digits", [])}
 # setting -> (teacher config, its overrides); None: the shipped teacher the LD configs name
 SETTINGS = {
     "demo": None,
@@ -74,18 +100,19 @@ def final_metrics(work_dir: Path) -> dict | None:
     return vals[-1]
 
 
-def run_name(setting: str, variant: str, seed: int) -> str:
-    """Work dir name of one run; the baseline has no teacher, so every setting shares it."""
+def run_name(setting: str, variant: str, seed: int, family: str = "gfl") -> str:
+    """Work dir name of one run; the baseline has no teacher, so every setting shares it. YOLO runs: ``yolo_``."""
     prefix = "" if setting == "demo" or variant == "baseline" else f"{setting}_"
-    return f"{prefix}{variant}_seed{seed}"
+    return f"{'yolo_' if family == 'yolo' else ''}{prefix}{variant}_seed{seed}"
 
 
-def train_teacher(out: Path, setting: str) -> Path:
+def train_teacher(out: Path, setting: str, teachers: dict = SETTINGS, overrides: tuple = ()) -> Path:
     """The setting's teacher checkpoint, trained into OUT_DIR/teacher_<setting> unless it is there."""
-    config, extra = SETTINGS[setting]
+    config, extra = teachers[setting]
     wd = out / f"teacher_{setting}"
     if final_metrics(wd) is None:
-        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set", *extra]
+        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set", *extra,
+               *overrides]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env=dict(os.environ, LOCDISTILL_NO_PROGRESS="1"), stdout=subprocess.DEVNULL)
     epochs = json.loads((wd / "config.json").read_text())["train"]["epochs"]
@@ -106,29 +133,48 @@ def wait_one(running: list) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(VARIANTS))
+    ap.add_argument("--family", default="gfl", choices=["gfl", "yolo"], help="the student's detector family")
+    ap.add_argument("--variants", nargs="+", default=None,
+                    help=f"GFL: {', '.join(VARIANTS)} (default {' '.join(DEFAULT_VARIANTS)}); YOLO: "
+                         f"{', '.join(YOLO_VARIANTS)} (default {' '.join(YOLO_DEFAULT_VARIANTS)})")
+    ap.add_argument("--teacher-set", nargs="*", default=[], dest="teacher_overrides",
+                    help="extra overrides for the teachers this script trains (smoke tests)")
     ap.add_argument("--out-dir", default="work_dirs/ld_gain")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides", help="extra overrides for every run")
     ap.add_argument("--threads", type=int, default=None, help="OMP/torch threads per run")
     ap.add_argument("--jobs", type=int, default=1, help="runs at a time (e.g. --jobs 2 --threads 1 on 2 cores)")
     ap.add_argument("--setting", default="demo", choices=list(SETTINGS), help="where the teacher comes from")
     args = ap.parse_args()
+    yolo = args.family == "yolo"
+    table = YOLO_VARIANTS if yolo else {k: (c, e, "setting") for k, (c, e) in VARIANTS.items()}
+    if args.variants is None:
+        args.variants = YOLO_DEFAULT_VARIANTS if yolo else DEFAULT_VARIANTS
+    bad = [v for v in args.variants if v not in table]
+    if bad:
+        ap.error(f"unknown {args.family} variant(s) {', '.join(bad)}; choose from {', '.join(table)}")
+    if yolo and args.setting != "demo":
+        ap.error("--setting applies to the GFL family; the YOLO teachers are named by the variants")
     out = Path(args.out_dir)
     env = dict(os.environ, LOCDISTILL_NO_PROGRESS="1")
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
-    teacher = []  # overrides naming the setting's teacher checkpoint
-    if SETTINGS[args.setting] is not None:
-        teacher = [f"distill.teacher_checkpoint={train_teacher(out, args.setting)}"]
+    teachers = {}  # teacher key -> overrides naming its checkpoint
+    if not yolo and SETTINGS[args.setting] is not None:
+        teachers["setting"] = [f"distill.teacher_checkpoint={train_teacher(out, args.setting)}"]
+    for variant in args.variants:
+        key = table[variant][2]
+        if yolo and key is not None and key not in teachers:
+            ckpt = train_teacher(out, key, YOLO_TEACHERS, tuple(args.teacher_overrides))
+            teachers[key] = [f"distill.teacher_checkpoint={ckpt}"]
     todo = []
     for variant in args.variants:
-        config, extra = VARIANTS[variant]
+        config, extra, key = table[variant]
         for seed in args.seeds:
-            wd = out / run_name(args.setting, variant, seed)
+            wd = out / run_name(args.setting, variant, seed, args.family)
             if final_metrics(wd) is None:
                 todo.append([sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set",
                              f"train.seed={seed}", "train.eval_interval=0", *extra,
-                             *(teacher if variant != "baseline" else []), *args.overrides])
+                             *(teachers.get(key, []) if variant != "baseline" else []), *args.overrides])
     running: list[subprocess.Popen] = []
     for cmd in todo:  # at most --jobs runs at a time; a failed run stops the benchmark
         while len(running) >= args.jobs:
@@ -139,7 +185,7 @@ def main() -> None:
         running = wait_one(running)
     rows = {}
     for variant in args.variants:
-        ms = [final_metrics(out / run_name(args.setting, variant, s)) for s in args.seeds]
+        ms = [final_metrics(out / run_name(args.setting, variant, s, args.family)) for s in args.seeds]
         ms = [m for m in ms if m]
         rows[variant] = {k: [100 * m[k] for m in ms] for k in KEYS}
     print("\n| variant | runs | " + " | ".join(KEYS) + " |")

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import DistillConfig
 from ..models.dense import Assignment, DenseOutputs
 from .crosshead import CROSSHEAD_TERMS, crosshead_terms
+from .hetero import map_teacher
 from .imitation import IMITATION_MODES, imitation_region, imitation_term
 from .regions import VLR_IOU_MODES, main_region_weights, vlr_weights
 from .terms import REDUCTIONS, box_kl, check_pair, kd_loss, ld_loss, reduction_scale, vlr_ld_loss
@@ -82,6 +83,11 @@ class DistillTerms:
     imitation_gi_iou_thr: float = _D.imitation_gi_iou_thr
     imitation_gi_per_image: bool = _D.imitation_gi_per_image
 
+    #: not a config field: ``(teacher strides, student strides)`` per level as host ints when the pair's layouts
+    #: differ (set by :func:`~.build.build_criterion` from both configs; heterogeneous LD, :mod:`.hetero`).
+    #: None = same layout (a teacher of another shape is then a ValueError, :func:`~.terms.check_pair`).
+    hetero_strides = None
+
     def __post_init__(self) -> None:
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"DistillTerms: reduction must be 'sum' or 'per_image', got {self.reduction!r}")
@@ -120,6 +126,13 @@ class DistillTerms:
         """LD on the main region, LD on the VLR and class KD (DESIGN §5; :mod:`.terms`), then the
         cross-head terms and feature imitation.
 
+        Any family's outputs (GFL, YOLO): the regions come from its ``Assignment`` (YOLO: TAL positives
+        weighted by the normalised alignment metric; VLR on the substitute anchors and thresholds).
+        A teacher of another layout (``hetero_strides`` set, as :func:`~.build.build_criterion` does) is first
+        mapped onto the student's anchors and bins (:func:`~.hetero.map_teacher`, one resampling per
+        temperature) and every region weight, class KD's positives included, is multiplied by
+        ``matched``; cross-head LD and feature imitation are then a ValueError.
+
         Args:
             student, teacher: both sides' flat predictions (the family's ``flatten``).
             assignment: the student's assignment.
@@ -133,21 +146,50 @@ class DistillTerms:
             ``loss_ld``, ``loss_ld_vlr``, ``loss_kd``, ``loss_cross_{ld,kd,box}``, ``loss_im``: those
             with a non-zero weight, float32 scalars.
         """
-        check_pair(student, teacher)
         scale = reduction_scale(self.reduction, student.box_logits.shape[0])
         losses = {}
+        if self.hetero_strides is not None:
+            # heterogeneous LD (docs/distillation.md): the teacher on the student's anchors and bins, the same
+            # terms, every region weight (class KD's positives too) times `matched`
+            if self.crosshead_ld_weight or self.crosshead_kd_weight or self.crosshead_box_weight or \
+                    self.imitation_weight:
+                raise ValueError("cross-head LD and feature imitation need a teacher of the student's layout; "
+                                 "with a heterogeneous pair use the ld / full terms only")
+            t_strides, s_strides = self.hetero_strides or (None, None)
+            mapped = map_teacher(teacher, student, teacher_strides=t_strides, student_strides=s_strides)
+            matched = mapped.matched[None]  # [1, A]
+            assignment = dataclasses.replace(assignment, pos=assignment.pos & matched)
+            at = {}  # temperature -> the mapped teacher's DenseOutputs (one resampling per temperature)
+
+            def teacher_at(temperature: float) -> DenseOutputs:
+                if temperature not in at:
+                    at[temperature] = mapped.dense(temperature)
+                return at[temperature]
+        else:
+            check_pair(student, teacher)
+            matched = None
+
+            def teacher_at(temperature: float) -> DenseOutputs:
+                return teacher
         cross = self.crosshead_losses(teacher, assignment, teacher_outputs, flatten)
         kl = None
         if self.ld_weight:
-            kl = box_kl(student, teacher, self.ld_temperature)  # [B, A]
-            losses["loss_ld"] = ld_loss(kl, main_region_weights(assignment), self.ld_weight * scale)
+            kl = box_kl(student, teacher_at(self.ld_temperature), self.ld_temperature)  # [B, A]
+            region = main_region_weights(assignment)
+            region = region if matched is None else region * matched
+            losses["loss_ld"] = ld_loss(kl, region, self.ld_weight * scale)
         if self.vlr_weight:
             if kl is None or self.vlr_temperature != self.ld_temperature:
-                kl = box_kl(student, teacher, self.vlr_temperature)
+                kl = box_kl(student, teacher_at(self.vlr_temperature), self.vlr_temperature)
             region = vlr_weights(assignment, self.vlr_iou_mode)
+            region = region if matched is None else region * matched
             losses["loss_ld_vlr"] = vlr_ld_loss(kl, region, self.vlr_weight * scale)
         if self.kd_weight:
-            losses["loss_kd"] = kd_loss(student, teacher, assignment, self.kd_temperature, self.kd_weight)
+            # heterogeneous: `assignment.pos` holds the matched positives only (also in each level's count)
+            # (class logits only: reuse a mapped teacher the box terms built)
+            t = teacher_at(self.ld_temperature if self.ld_weight else
+                           self.vlr_temperature if self.vlr_weight else self.kd_temperature)
+            losses["loss_kd"] = kd_loss(student, t, assignment, self.kd_temperature, self.kd_weight)
         losses.update(cross)
         losses.update(self.imitation_losses(student, teacher, assignment, outputs, teacher_outputs))
         return losses

@@ -16,6 +16,7 @@ widths differ (the LD code has none: its FPNs are all 256 wide and compared as t
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,14 @@ from ..errors import ConfigError
 from .crosshead import CrossHeadAdapter, crosshead_layers, match_channel_stats
 from .imitation import ImitationAdapter, neck_channels
 from .teacher import check_compatible
+
+
+logger = logging.getLogger(__name__)
+
+
+def _is_yolo(model: nn.Module) -> bool:
+    """A YOLO-family detector (by its module path: this layer imports no family's code)."""
+    return ".models.yolo." in type(model).__module__
 
 
 @contextlib.contextmanager
@@ -52,15 +61,29 @@ class Distiller(nn.Module):
     towers (and the adapter) but never the teacher's parameters. When the tower widths differ, a
     :class:`CrossHeadAdapter` (``self.crosshead_adapter``) maps the student's features first.
 
+    ``heterogeneous=True`` accepts a teacher of another layout (``reg_max``, anchor offset, levels, family;
+    :func:`~.teacher.check_compatible`), as training from a config does; the criterion then maps its
+    outputs onto the student's anchors and bins (:mod:`.hetero`). ``compatibility`` holds the description.
+
     ``imitation=True`` turns on feature imitation (module docstring): both outputs then also hold
     ``"imitation_feats"``, the FPN maps per level (the student's through ``self.imitation_adapter``
     when the widths differ, with autograd; the teacher's without).
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, need_same_classes: bool = True,
-                 crosshead_layer: int | None = None, imitation: bool = False):
+                 crosshead_layer: int | None = None, imitation: bool = False, heterogeneous: bool = False):
         super().__init__()
-        check_compatible(student, teacher, need_same_classes)
+        #: what the LD terms map between the pair (:func:`~.teacher.check_compatible`), logged at start-up
+        self.compatibility = check_compatible(student, teacher, need_same_classes, heterogeneous=heterogeneous)
+        if not self.compatibility.startswith("same layout"):
+            logger.info(self.compatibility)
+        for name, m in (("student", student), ("teacher", teacher)):
+            if _is_yolo(m) and crosshead_layer is not None:
+                raise ConfigError(f"cross-head LD needs GFL heads on both sides; the {name} is a YOLO-family model: "
+                                  "use distill.recipe=ld or full (docs/yolo.md, \"Distillation\")")
+            if _is_yolo(m) and imitation:
+                raise ConfigError(f"feature imitation is not available when the {name} is a YOLO-family model; "
+                                  "set distill.imitation_mode='' (docs/yolo.md, \"Distillation\")")
         self.student = student
         self.teacher = teacher
         self.teacher.requires_grad_(False)
@@ -82,10 +105,11 @@ class Distiller(nn.Module):
     @classmethod
     def from_config(cls, student: nn.Module, teacher: nn.Module, d) -> "Distiller":
         """From a :class:`~locdistill.config.DistillConfig`: same classes only for class KD, cross-head on
-        when one of its weights is non-zero, feature imitation when ``d.imitation``."""
+        when one of its weights is non-zero, feature imitation when ``d.imitation``; heterogeneous pairs
+        (other ``reg_max``, anchor offsets, levels or family) accepted and described (``compatibility``)."""
         return cls(student, teacher, need_same_classes=d.kd_weight > 0,
                    crosshead_layer=d.crosshead_layer if d.crosshead else None,
-                   imitation=bool(getattr(d, "imitation", False)))
+                   imitation=bool(getattr(d, "imitation", False)), heterogeneous=True)
 
     # mirror the student's attributes so engine code can treat both alike
     @property

@@ -42,7 +42,9 @@ def check_compatible(student: nn.Module, teacher: nn.Module, need_same_classes: 
     """
     s_strides, t_strides = tuple(student.strides), tuple(teacher.strides)
     s_off, t_off = _anchor_offset(student), _anchor_offset(teacher)
-    hint = " (heterogeneous LD can map such a pair, see docs/distillation.md, but is not wired into training yet)"
+    hint = (" (heterogeneous LD can map such a pair, see docs/distillation.md, \"Heterogeneous LD\"; this strict "
+            "check is for code not wired into training yet: training from a config and "
+            "Distiller(..., heterogeneous=True) accept it)")
     if not heterogeneous and s_strides != t_strides:
         raise ConfigError(
             f"teacher and student use different FPN strides/levels (teacher {t_strides}, student {s_strides}); "

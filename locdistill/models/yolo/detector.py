@@ -25,10 +25,12 @@ class YOLO(nn.Module):
         reg_max: bins per side (16: values 0..15).
 
     Attributes: ``num_classes``, ``reg_max`` (locdistill's convention, the top bin value: 15),
-    ``strides``, ``point_offset`` (0.5: points at cell centres ``((j+0.5)·s, (i+0.5)·s)``).
+    ``strides``, ``point_offset`` (0.5: points at cell centres ``((j+0.5)·s, (i+0.5)·s)``) and its alias
+    ``anchor_offset`` (the name :func:`~locdistill.distill.teacher.check_compatible` reads; GFL has none = 0).
     """
 
     point_offset = 0.5
+    anchor_offset = point_offset
 
     def __init__(self, num_classes: int, depth: float = 0.33, width: float = 0.25, max_channels: int = 1024,
                  reg_max: int = 16) -> None:
