@@ -194,6 +194,8 @@ def build_training(cfg: Config, device: torch.device):
                 f"T={d.crosshead_ld_temperature}, KD w={d.crosshead_kd_weight}, box w={d.crosshead_box_weight}"
                 if d.crosshead else "")
              + (f"; feature imitation {d.imitation_mode} w={d.imitation_weight}" if d.imitation else ""))
+        if not model.compatibility.startswith("same layout"):  # a heterogeneous pair: what is mapped
+            info(model.compatibility)
     model = model.to(device)
     criterion = build_criterion(cfg)
     return train_set, val_set, train_loader, val_loader, model, criterion
