@@ -114,7 +114,7 @@ def cmd_import_mmdet(args) -> int:
 def cmd_import_ultralytics(args) -> int:
     from .tools.import_ultralytics import import_ultralytics
 
-    for line in import_ultralytics(args.input, args.output).summary():
+    for line in import_ultralytics(args.input, args.output, fold_input=not args.keep_input_scaling).summary():
         print(line)
     return 0
 
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "a locdistill checkpoint with the class names (docs/yolo.md).")
     s.add_argument("input", metavar="MODEL.pt", help="Ultralytics checkpoint to import")
     s.add_argument("output", metavar="OUT", help="locdistill checkpoint to write")
+    s.add_argument("--keep-input-scaling", action="store_true",
+                   help="keep every tensor as in the file (the model then expects RGB pixels / 255, not locdistill's "
+                        "normalised images); by default that scaling is folded into the stem conv")
     s.set_defaults(func=cmd_import_ultralytics)
 
     s = sub.add_parser("benchmark", help="inference speed (FPS) of a detector: locdistill benchmark CONFIG [CKPT]",

@@ -252,9 +252,10 @@ def test_stand_ins_are_gone_and_the_file_has_whole_modules(pair):
 def test_import_maps_every_weight_exactly(pair):
     ours, _, src, tmp = pair
     out = tmp / "imported.pth"
-    assert main(["import-ultralytics", str(src), str(out)]) == 0
+    assert main(["import-ultralytics", str(src), str(out), "--keep-input-scaling"]) == 0
     saved = torch.load(out, weights_only=True)  # a plain locdistill checkpoint
     meta = saved["meta"]
+    assert meta["input_scaling_folded"] is False
     assert meta["classes"] == ["zero", "one", "two"] and meta["converted_from"] == "yolov8n-custom.pt"
     assert meta["scale"] == "n" and meta["source"] == "ultralytics" and meta["ultralytics_version"] == "8.1.0"
     assert meta["dropped_keys"] == ["model.22.dfl.conv.weight"]
@@ -269,7 +270,7 @@ def test_import_maps_every_weight_exactly(pair):
 def test_imported_checkpoint_loads_strictly_and_gives_the_original_outputs(pair):
     ours, reference, src, tmp = pair
     out = tmp / "imported2.pth"
-    result = import_ultralytics(src, out)
+    result = import_ultralytics(src, out, fold_input=False)
     assert result.scale == "n" and result.num_classes == 3 and result.config_name == "yolo/yolov8n_coco"
     model, classes = load_detector(load_config("yolo/yolov8n_coco"), str(out))  # as `locdistill test` does
     assert classes == ["zero", "one", "two"] and model.num_classes == 3
@@ -282,6 +283,31 @@ def test_imported_checkpoint_loads_strictly_and_gives_the_original_outputs(pair)
     for level, r in enumerate(raw):  # Detect's raw maps: 64 box channels, then the classes
         torch.testing.assert_close(got["box_logits"][level], r[:, :64], rtol=0, atol=1e-5)
         torch.testing.assert_close(got["cls_logits"][level], r[:, 64:], rtol=0, atol=1e-5)
+
+
+def test_default_import_folds_the_input_scaling_into_the_stem(pair):
+    """By default the model takes locdistill's normalised images: on them it gives what the original gives on
+    pixels / 255 (the stem's interior; only its zero padding differs); every other tensor is the file's."""
+    ours, reference, src, tmp = pair
+    result = import_ultralytics(src, tmp / "folded.pth")
+    assert any("folded" in n for n in result.notes)
+    saved = torch.load(result.path, weights_only=True)
+    assert saved["meta"]["input_scaling_folded"] is True
+    changed = {"backbone.stem.conv.weight", "backbone.stem.bn.running_mean"}
+    for k, v in ours.state_dict().items():
+        want = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(saved["model"][k], want) != (k in changed), k
+    model, _ = load_detector(load_config("yolo/yolov8n_coco"), str(result.path))
+    model.eval()
+    torch.manual_seed(2)
+    pixels = torch.randint(0, 256, (1, 3, 64, 96)).float()
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        got = model.backbone.stem((pixels - mean) / std)
+        want = reference.model[0](pixels / 255)
+    torch.testing.assert_close(got[..., 1:-1, 1:-1], want[..., 1:-1, 1:-1], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got[..., 0, :], want[..., 0, :], atol=1e-4)  # the padded frame differs
 
 
 def test_ema_entry_is_preferred(tmp_path):
@@ -361,7 +387,8 @@ def test_unknown_shapes_name_the_mismatching_keys(tmp_path):
     fake.model[22].cv2[1][2].f = None
     src = tmp_path / "odd.pt"
     save_ultralytics(src, fake)
-    with pytest.raises(CheckpointError, match=r"odd\.pt: its weights fit none(.|\n)*bbox_head\.reg_branches\.1\.2\.weight"):
+    match = r"odd\.pt: its weights fit none(.|\n)*bbox_head\.reg_branches\.1\.2\.weight"
+    with pytest.raises(CheckpointError, match=match):
         import_ultralytics(src, tmp_path / "o.pth")
 
 
@@ -386,7 +413,7 @@ def test_equivalence_with_ultralytics(tmp_path):
     model.names = dict(NAMES)
     src = tmp_path / "real.pt"
     torch.save({"model": model, "ema": None, "version": "?"}, src)
-    out = import_ultralytics(src, tmp_path / "o.pth").path
+    out = import_ultralytics(src, tmp_path / "o.pth", fold_input=False).path
     ours, classes = load_detector(load_config("yolo/yolov8n_coco"), str(out))
     assert classes == ["zero", "one", "two"]
     x = torch.randn(1, 3, 128, 160)

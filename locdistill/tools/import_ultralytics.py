@@ -22,11 +22,12 @@ from torch import nn
 from ..checkpoint import format_diff, save_checkpoint, state_dict_diff
 from ..config import Config, config_to_dict, load_config
 from ..configs.yolo._coco import SCALES
+from ..data.transforms import MEAN, STD
 from ..errors import CheckpointError
 from ..models.build import build_detector
 from ..ultralytics_format import DETECT_LAYER, UltralyticsCheckpoint, read_ultralytics, ultralytics_to_locdistill
 
-__all__ = ["EXPECTED_LAYERS", "UltralyticsImport", "import_ultralytics"]
+__all__ = ["EXPECTED_LAYERS", "UltralyticsImport", "fold_input_scaling", "import_ultralytics"]
 
 #: block class (last part of the pickled class name) of each layer of the YOLOv8 detection layout
 EXPECTED_LAYERS = ("Conv", "Conv", "C2f", "Conv", "C2f", "Conv", "C2f", "Conv", "C2f", "SPPF",
@@ -89,8 +90,9 @@ def _check_layout(ck: UltralyticsCheckpoint) -> None:
     if wrong:
         hint = (" (C3k2 / C2PSA blocks: a YOLO11 model, whose architecture locdistill's YOLO family does not have)"
                 if any(c in ("C3k2", "C2PSA") for c in got.values()) else "")
+        more = f"\n  ... and {len(wrong) - 8} more" if len(wrong) > 8 else ""
         raise CheckpointError(f"checkpoint {ck.path} does not have the YOLOv8 detection layout{hint}:\n  "
-                              + "\n  ".join(wrong[:8]) + (f"\n  ... and {len(wrong) - 8} more" if len(wrong) > 8 else ""))
+                              + "\n  ".join(wrong[:8]) + more)
 
 
 def _yolo_config(scale: str, num_classes: int) -> Config:
@@ -115,18 +117,43 @@ def _find_scale(ck: UltralyticsCheckpoint, state: dict[str, torch.Tensor], num_c
         if not (diff["missing"] or diff["unexpected"] or diff["shape"]):
             return scale, cfg
         diffs[scale] = diff
-    best = hinted if hinted in SCALES else min(diffs, key=lambda s: len(diffs[s]["shape"]) + len(diffs[s]["missing"]))
+    best = hinted if hinted in SCALES else min(
+        diffs, key=lambda s: len(diffs[s]["shape"]) + len(diffs[s]["missing"]))
     raise CheckpointError(
         f"checkpoint {ck.path}: its weights fit none of the YOLOv8 scales {'/'.join(SCALES)} "
         f"(yaml scale: {hinted or 'not recorded'}); against yolov8{best} (renamed to locdistill's keys):\n"
         f"{format_diff(diffs[best])}")
 
 
-def import_ultralytics(src: str | os.PathLike, out: str | os.PathLike) -> UltralyticsImport:
+def fold_input_scaling(state: dict[str, torch.Tensor], mean=MEAN, std=STD) -> dict[str, torch.Tensor]:
+    """Make weights trained on Ultralytics' input (RGB pixels / 255) take locdistill's (``(pixel - mean) / std``).
+
+    With ``x_u = x_l · std / 255 + mean / 255`` per channel, the stem conv ``W * x_u`` equals
+    ``W' * x_l + b`` with ``W'[:, c] = W[:, c] · std_c / 255`` and ``b_o = Σ_{c,i,j} W[o, c, i, j] · mean_c / 255``;
+    the stem has no conv bias, so ``b`` goes into its BatchNorm: ``running_mean' = running_mean - b``. Exact
+    except at the stem's zero padding (a one-pixel frame: zero is black for Ultralytics, the mean colour here).
+    Returns a new dict; only ``backbone.stem.conv.weight`` and ``backbone.stem.bn.running_mean`` change.
+    """
+    w = state["backbone.stem.conv.weight"].double()
+    m = torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1) / 255
+    s = torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1) / 255
+    out = dict(state)
+    out["backbone.stem.conv.weight"] = (w * s).float()
+    out["backbone.stem.bn.running_mean"] = (state["backbone.stem.bn.running_mean"].double()
+                                            - (w * m).sum((1, 2, 3))).float()
+    return out
+
+
+def import_ultralytics(src: str | os.PathLike, out: str | os.PathLike, fold_input: bool = True
+                       ) -> UltralyticsImport:
     """Convert an Ultralytics YOLOv8 detection ``.pt`` file into a locdistill checkpoint at ``out``.
 
-    Kept: the weights (half precision → float32), the class names (``model.names``), the Ultralytics version,
-    date and ``model.yaml``'s scale / class count. Dropped: the optimizer, training arguments and results,
+    ``fold_input`` (default): :func:`fold_input_scaling`, so the model takes locdistill's normalised images
+    (``test`` / ``predict`` / a distillation teacher); ``False`` keeps every tensor as in the file (the model
+    then expects RGB pixels / 255).
+
+    Kept: the weights (half precision → float32), the class names (``model.names``), the Ultralytics
+    version and date, the scale. Dropped: the optimizer, training arguments and results,
     the fixed DFL projection conv (locdistill's integral is a function). Writes
     ``{"model", "config", "meta": {"classes", "converted_from", "source": "ultralytics", ...}}``.
 
@@ -161,12 +188,16 @@ def import_ultralytics(src: str | os.PathLike, out: str | os.PathLike) -> Ultral
                      "differ slightly from the original model")
     cfg.name = f"imported_{src.stem}"
     model = build_detector(cfg.model)
+    if fold_input:
+        state = fold_input_scaling(state)
+        notes.append("folded Ultralytics' input scaling (pixels / 255) into the stem: the model takes locdistill's "
+                     "normalised images")
     model.load_state_dict(state, strict=True)
     version = str(ck.metadata.get("version") or "")
-    meta: dict[str, Any] = {"converted_from": src.name, "source": "ultralytics", "config_name": f"yolo/yolov8{scale}_coco",
+    meta: dict[str, Any] = {"converted_from": src.name, "source": "ultralytics",
+                            "config_name": f"yolo/yolov8{scale}_coco",
                             "scale": scale, "ultralytics_entry": ck.entry, "dropped_keys": dropped,
-                            "input": "RGB; Ultralytics scaled pixels to 0..1, locdistill normalises with the "
-                                     "ImageNet mean / std (docs/yolo.md)"}
+                            "input_scaling_folded": bool(fold_input)}
     if version:
         meta["ultralytics_version"] = version
     if isinstance(ck.metadata.get("date"), str):
