@@ -420,6 +420,11 @@ def test_equivalence_with_ultralytics(tmp_path):
     with torch.no_grad():
         raw = model(x)[1]  # eval mode: (decoded, raw per-level maps)
         got = ours.eval()(x)
-    for level, r in enumerate(raw):
+    if isinstance(raw, dict):  # newer versions: {"boxes": [B, 64, A], "scores": [B, C, A], ...}, levels flattened
+        flat = {k: torch.cat([t.flatten(2) for t in got[k]], 2) for k in ("box_logits", "cls_logits")}
+        torch.testing.assert_close(flat["box_logits"], raw["boxes"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(flat["cls_logits"], raw["scores"], rtol=1e-4, atol=1e-4)
+        return
+    for level, r in enumerate(raw):  # older versions: per level [B, 64 + C, H, W]
         torch.testing.assert_close(got["box_logits"][level], r[:, :64], rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(got["cls_logits"][level], r[:, 64:], rtol=1e-4, atol=1e-4)
