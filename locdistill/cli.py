@@ -111,6 +111,14 @@ def cmd_import_mmdet(args) -> int:
     return 0
 
 
+def cmd_import_ultralytics(args) -> int:
+    from .tools.import_ultralytics import import_ultralytics
+
+    for line in import_ultralytics(args.input, args.output, fold_input=not args.keep_input_scaling).summary():
+        print(line)
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .tools.convert import convert_checkpoint
 
@@ -261,6 +269,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("output", metavar="OUT", help="locdistill checkpoint to write")
     s.add_argument("--config", metavar="NAME", help="config the weights must fit (default: guessed from the keys)")
     s.set_defaults(func=cmd_import_mmdet)
+
+    s = sub.add_parser("import-ultralytics", help="import an Ultralytics YOLOv8 detection checkpoint (.pt)",
+                       description="Read an Ultralytics YOLOv8 detection .pt file without Ultralytics and without "
+                                   "running pickled code (modules become inert placeholders; only tensors and plain "
+                                   "metadata are kept), map its keys onto locdistill's YOLO family, load them "
+                                   "strictly into the model of the matching yolo/yolov8<scale>_coco config and write "
+                                   "a locdistill checkpoint with the class names (docs/yolo.md).")
+    s.add_argument("input", metavar="MODEL.pt", help="Ultralytics checkpoint to import")
+    s.add_argument("output", metavar="OUT", help="locdistill checkpoint to write")
+    s.add_argument("--keep-input-scaling", action="store_true",
+                   help="keep every tensor as in the file (the model then expects RGB pixels / 255, not locdistill's "
+                        "normalised images); by default that scaling is folded into the stem conv")
+    s.set_defaults(func=cmd_import_ultralytics)
 
     s = sub.add_parser("benchmark", help="inference speed (FPS) of a detector: locdistill benchmark CONFIG [CKPT]",
                        description="Images per second of model + post-processing, one image at a time from the "

@@ -15,7 +15,7 @@ LAYERS = [
     (0, "locdistill"), (0, "locdistill.errors"), (0, "locdistill.boxes"), (0, "locdistill.losses"),
     (0, "locdistill.nms"),
     (1, "locdistill.config"), (1, "locdistill.config_aliases"), (1, "locdistill.configs"),
-    (2, "locdistill.checkpoint"), (2, "locdistill.mmdet_format"),
+    (2, "locdistill.checkpoint"), (2, "locdistill.mmdet_format"), (2, "locdistill.ultralytics_format"),
     (3, "locdistill.models"), (3, "locdistill.data"),
     (4, "locdistill.evaluation"),
     (5, "locdistill.distill"),
