@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..config import TestConfig
-from ..nms import get_nms
+from ..nms import NmsFn, get_nms
 from .gfl_head import integral_distances
 
 
@@ -124,9 +124,18 @@ def postprocess(outputs: Mapping[str, Sequence[Tensor]], image_metas: Sequence[M
     boxes = torch.cat([p[0] for p in per_level], dim=1) / scale.unsqueeze(1)  # [B, K, 4]
     scores = torch.cat([p[1] for p in per_level], dim=1)  # [B, K]
     labels = torch.cat([p[2] for p in per_level], dim=1)  # [B, K]
+    return finish_detections(boxes, scores, labels, num_classes, nms_fn, test_cfg)
+
+
+def finish_detections(boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int, nms_fn: NmsFn,
+                      test_cfg: TestConfig) -> list[dict[str, Tensor]]:
+    """The last step of every family's post-processing: candidates ``boxes [B,K,4]`` (original-image
+    pixels), ``scores [B,K]``, ``labels [B,K]`` → score threshold, non-empty boxes, class-aware NMS
+    over the whole batch (groups = image × class), at most ``test_cfg.max_per_img`` per image."""
+    num_images = boxes.shape[0]
     valid = ((scores > test_cfg.score_thr)
              & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1]))
-    image_ids = torch.arange(num_images, device=device).unsqueeze(1).expand_as(labels)[valid]
+    image_ids = torch.arange(num_images, device=boxes.device).unsqueeze(1).expand_as(labels)[valid]
     boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
 
     boxes, scores, keep = nms_fn(boxes, scores, image_ids * num_classes + labels, test_cfg.iou_thr)

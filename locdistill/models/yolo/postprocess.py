@@ -16,7 +16,7 @@ from torch import Tensor
 from ...config import TestConfig
 from ...nms import get_nms
 from ..dense import integral
-from ..postprocess import _meta_tensors
+from ..postprocess import _meta_tensors, finish_detections
 
 __all__ = ["POINT_OFFSET_KEY", "yolo_postprocess"]
 
@@ -61,15 +61,4 @@ def yolo_postprocess(outputs: Mapping, image_metas: Sequence[Mapping], test_cfg:
         all_labels.append(labels)
     boxes = torch.cat(all_boxes, 1) / scale.unsqueeze(1)
     scores, labels = torch.cat(all_scores, 1), torch.cat(all_labels, 1)
-    valid = (scores > test_cfg.score_thr) & (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
-    image_ids = torch.arange(num_images, device=device).unsqueeze(1).expand_as(labels)[valid]
-    boxes, scores, labels = boxes[valid], scores[valid], labels[valid]
-    boxes, scores, keep = nms_fn(boxes, scores, image_ids * num_classes + labels, test_cfg.iou_thr)
-    labels, image_ids = labels[keep], image_ids[keep]
-    results = []
-    for i in range(num_images):
-        sel = (image_ids == i).nonzero().squeeze(1)
-        if test_cfg.max_per_img > 0:
-            sel = sel[: test_cfg.max_per_img]
-        results.append({"boxes": boxes[sel], "scores": scores[sel], "labels": labels[sel]})
-    return results
+    return finish_detections(boxes, scores, labels, num_classes, nms_fn, test_cfg)
