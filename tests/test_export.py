@@ -16,6 +16,8 @@ from locdistill.config import load_config
 from locdistill.errors import LocDistillError
 from locdistill.models.build import build_detector
 from locdistill.models.postprocess import postprocess
+from locdistill.models.yolo import YOLOCriterion
+from locdistill.models.yolo.postprocess import yolo_postprocess
 from locdistill.errors import ConfigError
 from locdistill.tools.export import ExportedModel, detections_from_dense, export_model, export_onnx, run_onnx
 
@@ -35,6 +37,25 @@ def _tiny_model(head: str):
         torch.nn.init.normal_(model.bbox_head.gfl_cls.weight, std=0.3)
         torch.nn.init.normal_(model.bbox_head.gfl_reg.weight, std=0.3)
     return cfg, model
+
+
+def _tiny_yolo():
+    """yolov8n_digits shrunk (depth 0.1, width 1/16, 64 channels at most: ~150k parameters) for speed."""
+    cfg = load_config("yolo/yolov8n_digits", ["model.yolo.depth=0.1", "model.yolo.width=0.0625",
+                                              "model.yolo.max_channels=64"])
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)
+    with torch.no_grad():  # spread the scores and distances (the class prior bias would leave no detection)
+        for branch in (*model.bbox_head.cls_branches, *model.bbox_head.reg_branches):
+            torch.nn.init.normal_(branch[-1].weight, std=0.05)
+            branch[-1].bias.zero_()
+        for branch in model.bbox_head.reg_branches:  # favour the low bins: boxes mostly inside the image
+            branch[-1].bias.copy_((-0.6 * torch.arange(16.0)).repeat(4))
+        for m in model.modules():  # BN statistics of one random batch: activations do not vanish with depth
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 1.0
+        model.train()(torch.randn(2, 3, *SIZE))
+    return cfg, model.eval()
 
 
 def _same_detections(a, b):
@@ -112,3 +133,54 @@ def test_missing_onnx_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert main(["export", "demo/gfl_r18_digits", "none.pth", str(tmp_path / "x.onnx")]) == 2
     assert 'pip install "locdistill[export]"' in capsys.readouterr().err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_yolo_onnx_matches_the_familys_decoding_and_nms(tmp_path, capsys):
+    """A YOLO model (points at cell centres, offset 0.5; 16 bins = distances 0..15 strides): the graph's
+    boxes / scores equal PyTorch's for batch 1 and 2 and, after the project's NMS, the detections of the
+    family's own post-processing (:func:`yolo_postprocess`)."""
+    cfg, model = _tiny_yolo()
+    assert model.anchor_offset == 0.5 and model.reg_max == 15
+    images = torch.randn(2, 3, *SIZE2)
+    with torch.no_grad():  # the model's flatten = the criterion's (points, strides, logits)
+        outputs = model(images)
+        own, crit = model.flatten(outputs), YOLOCriterion(10).flatten(outputs)
+    for name in ("cls_logits", "box_logits", "points", "strides", "level_ids", "centers"):
+        torch.testing.assert_close(getattr(own, name), getattr(crit, name), atol=0, rtol=0)
+    assert own.level_sizes == crit.level_sizes and own.reg_max == 15
+
+    path = tmp_path / "yolo.onnx"
+    result = export_model(model, path, SIZE, check=True)
+    assert result.inputs == [("images", ["batch", 3, "32*h_blocks", "32*w_blocks"], "float32")]
+    assert "matches PyTorch" in result.check
+
+    cfg.test.score_thr, cfg.test.nms_pre = 0.5, 0
+    for batch, size in ((1, SIZE), (2, SIZE2)):
+        images = torch.randn(batch, 3, *size)
+        boxes, scores = (torch.from_numpy(v) for v in run_onnx(path, images))
+        with torch.no_grad():
+            ref_boxes, ref_scores = ExportedModel(model)(images)
+            outputs = model(images)
+        num_anchors = sum((size[0] // s) * (size[1] // s) for s in (8, 16, 32))
+        assert boxes.shape == (batch, num_anchors, 4) and scores.shape == (batch, num_anchors, 10)
+        torch.testing.assert_close(boxes, ref_boxes, atol=BOX_ATOL, rtol=0)
+        torch.testing.assert_close(scores, ref_scores, atol=SCORE_ATOL, rtol=0)
+        # the first anchor: cell centre (4, 4) of stride 8 -/+ the expected bin value (0..15) x 8
+        dist = (model.flatten(outputs).box_logits[0, 0].softmax(-1) * torch.arange(16.0)).sum(-1) * 8
+        corner = torch.cat([4 - dist[:2], 4 + dist[2:]]).clamp(min=0).minimum(torch.tensor([size[1], size[0]] * 2))
+        torch.testing.assert_close(boxes[0, 0], corner, atol=BOX_ATOL, rtol=0)
+
+        metas = [{"img_shape": size, "scale_factor": (1.0, 1.0)},
+                 {"img_shape": (size[0] - 20, size[1] - 30), "scale_factor": (1.5, 1.5)}][:batch]
+        ref = yolo_postprocess(outputs, metas, cfg.test, model.strides, model.reg_max)
+        assert all(len(d["scores"]) > 0 for d in ref), "the test needs detections to compare"
+        _same_detections(detections_from_dense(boxes, scores, cfg.test, metas), ref)
+        _same_detections(model.predict(images, metas, cfg.test), ref)
+
+    ckpt = save_checkpoint(tmp_path / "yolo.pth", model, meta={"classes": [str(i) for i in range(10)]})
+    out = tmp_path / "cli.onnx"
+    overrides = ["model.yolo.depth=0.1", "model.yolo.width=0.0625", "model.yolo.max_channels=64"]
+    assert main(["export", "yolo/yolov8n_digits", str(ckpt), str(out), "--size", "64", "96", "--static-size",
+                 "--no-check", "--set", *overrides]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "scores: [batch, 126, 10] float32" in text

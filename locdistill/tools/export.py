@@ -16,11 +16,12 @@ post-processing would. ``--nms`` puts hard NMS into the graph instead (:class:`E
 Family hook: the graph is ``decode_dense(flatten(model(images)))`` with the anchor points
 recomputed in the graph (:func:`grid_points`) so that ``H`` and ``W`` stay dynamic. A detector
 family is exportable when :func:`dense_flattener` finds its ``flatten(outputs) -> DenseOutputs``
-(a model's own ``flatten`` method; the GFL criterion's for a :class:`~locdistill.models.detector.GFL`),
-the model has ``strides`` and its anchor points are ``((j + o)·s, (i + o)·s)`` with
-``o = model.center_offset`` (default 0, GFL's): :meth:`ExportedModel.check_points` verifies this
-against ``DenseOutputs.points`` before exporting. ``decode_dense`` uses ``box_logits`` (DFL bins in
-stride units) and ``cls_logits``.
+(a model's own ``flatten`` method, e.g. :meth:`locdistill.models.yolo.YOLO.flatten`; the GFL
+criterion's for a :class:`~locdistill.models.detector.GFL`), the model has ``strides`` and its anchor
+points are ``((j + o)·s, (i + o)·s)`` with ``o`` = :func:`point_offset` (``model.center_offset``, else
+``model.anchor_offset``, else 0: GFL 0, YOLO 0.5): :meth:`ExportedModel.check_points` verifies this
+against ``DenseOutputs.points`` before exporting. ``decode_dense`` uses ``box_logits`` (DFL bins
+``0..n`` in stride units: GFL ``n = reg_max`` 16, YOLO 15) and ``cls_logits``.
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ from ..models.detector import GFL
 from ..nms import get_nms
 
 __all__ = ["ExportError", "ExportResult", "ExportedModel", "ExportedModelNMS", "OPSET", "check_onnx", "decode_dense", "dense_flattener",
-           "detections_from_dense", "export_model", "export_onnx", "grid_points", "require_onnx", "run_onnx",
-           "stable_translations"]
+           "detections_from_dense", "export_model", "export_onnx", "grid_points", "point_offset", "require_onnx",
+           "run_onnx", "stable_translations"]
 
 OPSET = 18
 INSTALL_HINT = 'pip install "locdistill[export]"'
@@ -108,7 +109,7 @@ def stable_translations() -> dict:
 def dense_flattener(model: nn.Module) -> Flattener:
     """The family's ``flatten(outputs) -> DenseOutputs`` of ``model``.
 
-    A model with a ``flatten`` method (e.g. a YOLO-style family) provides it; a :class:`GFL` uses
+    A model with a ``flatten`` method (the YOLO family: :meth:`locdistill.models.yolo.YOLO.flatten`) provides it; a :class:`GFL` uses
     :meth:`GFLCriterion.flatten` (anchor points from the GFL priors). Anything else is an error.
     """
     own = getattr(model, "flatten", None)
@@ -140,8 +141,9 @@ def decode_dense(dense: DenseOutputs, height, width, points: Optional[Tensor] = 
     """``DenseOutputs`` → ``boxes [B, A, 4]`` (xyxy pixels clipped to ``[0, width] × [0, height]``) and
     ``scores [B, A, C]`` (sigmoid of ``cls_logits``).
 
-    The boxes are those of :func:`locdistill.models.postprocess.postprocess` before rescaling:
-    anchor point ∓/± the Integral distance × stride, clamped at 0 and at the image size.
+    The boxes are those of :func:`locdistill.models.postprocess.postprocess` (a YOLO model:
+    :func:`locdistill.models.yolo.postprocess.yolo_postprocess`) before rescaling: anchor point
+    (YOLO: cell centre) ∓/± the Integral distance × stride, clamped at 0 and at the image size.
     ``points [A, 2]`` / ``strides [A]`` default to ``dense``'s.
     """
     points = dense.points if points is None else points
@@ -154,12 +156,18 @@ def decode_dense(dense: DenseOutputs, height, width, points: Optional[Tensor] = 
     return boxes, dense.cls_logits.sigmoid()
 
 
+def point_offset(model: nn.Module) -> float:
+    """The model's anchor-point offset ``o`` in strides: ``center_offset``, else ``anchor_offset`` (a YOLO
+    model's 0.5: cell centres), else 0 (GFL's ``(j·s, i·s)``)."""
+    return float(getattr(model, "center_offset", getattr(model, "anchor_offset", 0.0)))
+
+
 class ExportedModel(nn.Module):
     """``images [B,3,H,W]`` → ``(boxes [B,A,4], scores [B,A,C])``: the detector, its family's
     ``flatten`` and :func:`decode_dense` (what the ONNX graph computes).
 
     The anchor points are recomputed from the feature-map sizes (:func:`grid_points` with the
-    model's ``strides`` and ``center_offset``, GFL: 0) so that ``H`` and ``W`` can be dynamic;
+    model's ``strides`` and :func:`point_offset`, GFL: 0, YOLO: 0.5) so that ``H`` and ``W`` can be dynamic;
     :meth:`check_points` verifies that they equal the family's ``DenseOutputs.points``.
     """
 
@@ -168,7 +176,7 @@ class ExportedModel(nn.Module):
         self.model = model
         self.flatten = flatten or dense_flattener(model)
         self.strides = tuple(int(v) for v in model.strides)
-        self.center_offset = float(getattr(model, "center_offset", 0.0))
+        self.center_offset = point_offset(model)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         dense = self.flatten(self.model(images))
@@ -183,7 +191,7 @@ class ExportedModel(nn.Module):
         if points.shape != dense.points.shape or not (torch.allclose(points, dense.points.float())
                                                       and torch.allclose(strides, dense.strides.float())):
             raise ExportError(f"cannot export a {type(self.model).__name__}: its anchor points are not the grid "
-                              f"((j + center_offset)·stride, (i + center_offset)·stride) with center_offset="
+                              f"((j + o)·stride, (i + o)·stride) with o = "
                               f"{self.center_offset} and strides {self.strides}")
 
 

@@ -7,7 +7,9 @@ import torch
 from torch import Tensor, nn
 
 from ...config import TestConfig
+from ..dense import DenseOutputs
 from .backbone import CSPDarknet
+from .criterion import yolo_points
 from .head import YOLOHead
 from .neck import PAFPN
 from .postprocess import POINT_OFFSET_KEY, yolo_postprocess
@@ -27,6 +29,7 @@ class YOLO(nn.Module):
     Attributes: ``num_classes``, ``reg_max`` (locdistill's convention, the top bin value: 15),
     ``strides``, ``point_offset`` (0.5: points at cell centres ``((j+0.5)·s, (i+0.5)·s)``) and its alias
     ``anchor_offset`` (the name :func:`~locdistill.distill.teacher.check_compatible` reads; GFL has none = 0).
+    :meth:`flatten` is the family's ``flatten(outputs) -> DenseOutputs`` for ``locdistill export``.
     """
 
     point_offset = 0.5
@@ -66,3 +69,22 @@ class YOLO(nn.Module):
         """Forward + decoding + class-aware NMS (:func:`~.postprocess.yolo_postprocess`), no gradients.
         Returns per image ``boxes [K,4]`` (original-image pixels), ``scores [K]``, ``labels [K]``."""
         return yolo_postprocess(self(images), image_metas, test_cfg or TestConfig(), self.strides, self.reg_max)
+
+    def flatten(self, outputs: Mapping[str, Sequence[Tensor]]) -> DenseOutputs:
+        """Raw outputs → :class:`~locdistill.models.dense.DenseOutputs` (float32, ``box_logits [B, A, 4, num_bins]``,
+        points at cell centres), as :meth:`~locdistill.models.yolo.criterion.YOLOCriterion.flatten` gives them.
+
+        Unlike the criterion's, this keeps the feature-map sizes as they come (no ``int()``, no cache), so that
+        they stay symbolic when ``locdistill export`` traces the model with dynamic ``H`` and ``W``.
+        """
+        n1 = self.bbox_head.num_bins
+        sizes, cls_flat, box_flat = [], [], []
+        for c, b in zip(outputs["cls_logits"], outputs["box_logits"]):
+            B, C, H, W = c.shape
+            sizes.append((H, W))
+            cls_flat.append(c.float().permute(0, 2, 3, 1).reshape(B, H * W, C))
+            box_flat.append(b.float().permute(0, 2, 3, 1).reshape(B, H * W, 4, n1))
+        cls_logits, box_logits = torch.cat(cls_flat, 1), torch.cat(box_flat, 1)
+        points, strides, level_ids = yolo_points(sizes, self.strides, cls_logits.device)
+        return DenseOutputs(cls_logits=cls_logits, box_logits=box_logits, points=points, strides=strides,
+                            level_ids=level_ids, centers=points / strides[:, None], level_sizes=tuple(sizes))
