@@ -63,3 +63,21 @@ def test_demo_configs_name_their_recipe():
     for name, recipe in (("demo/ld_r34_r18_digits", "ld"), ("demo/crosshead_r34_r18_digits", "crosshead")):
         cfg = load_config(name)
         assert cfg.distill.recipe(cfg.model.num_classes) == recipe
+
+
+def test_recipe_kd_weight_follows_the_class_count_the_data_sets():
+    """A COCO-sized config (80 classes) with recipe `full` trained on 10-class data: training sets
+    model.num_classes from the data, and the recipe's class-KD weight follows it (10 → 1.25);
+    an explicitly chosen weight stays as it is."""
+    import torch
+
+    from locdistill.engine.train import build_training
+
+    tiny = ["data.digits_train=8", "data.digits_val=4", "data.workers=0", "model.num_classes=80"]
+    cfg = load_config("demo/ld_r34_r18_digits", tiny + ["distill.recipe=full"])
+    assert cfg.distill.kd_weight == 10.0
+    build_training(cfg, torch.device("cpu"))
+    assert cfg.model.num_classes == 10 and cfg.distill.kd_weight == pytest.approx(1.25)
+    cfg = load_config("demo/ld_r34_r18_digits", tiny + ["distill.recipe=full", "distill.kd_weight=3.0"])
+    build_training(cfg, torch.device("cpu"))
+    assert cfg.distill.kd_weight == 3.0

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..config import Config, TrainConfig, save_config
+from ..config import RECIPES, Config, TrainConfig, recipe_values, save_config
 from ..data.loader import build_dataloader, build_dataset, set_epoch
 from ..distill import Distiller, build_criterion, build_teacher
 from ..errors import CheckpointError, ConfigError, TrainingError
@@ -169,6 +169,12 @@ def build_training(cfg: Config, device: torch.device):
     num_classes = len(train_set.classes)
     if cfg.model.num_classes != num_classes:
         info(f"model.num_classes: {cfg.model.num_classes} → {num_classes} (from {train_set.json_path})")
+        recipe = cfg.distill.recipe(cfg.model.num_classes)
+        if cfg.distill.kd_weight and recipe in RECIPES:  # the recipe's class-KD weight is per 80 classes
+            kd_weight = recipe_values(recipe, num_classes)["kd_weight"]
+            info(f"distill.kd_weight: {cfg.distill.kd_weight:g} → {kd_weight:g} (recipe {recipe} for "
+                 f"{num_classes} classes)")
+            cfg.distill.kd_weight = kd_weight
         cfg.model.num_classes = num_classes
     if list(val_set.classes) != list(train_set.classes):
         raise ConfigError(
