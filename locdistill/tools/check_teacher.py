@@ -333,7 +333,12 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
         if not Path(path).is_file():
             raise CheckpointError(f"{role} checkpoint {path} does not exist; check the path")
     cfg = _load_config("student", student_config, overrides)
-    _load_config("teacher", teacher_config, teacher_overrides)  # its errors now, not after reading the data
+    t_cfg = _load_config("teacher", teacher_config, teacher_overrides)  # its errors now, not after the data
+    for role, c in (("student", cfg), ("teacher", t_cfg)):
+        if c.model.type != "gfl":
+            raise ConfigError(f"check-teacher measures GFL pairs only; the {role} config {c.name} is "
+                              f"model.type={c.model.type!r}. Compare `locdistill test` of the teacher and of "
+                              "the baseline student on the same val data instead (docs/yolo.md)")
     dataset = eval_dataset(cfg, split)
     classes = len(dataset.classes)
     s_cfg, student, s_classes = load_detector("student", student_config, student_checkpoint, overrides, classes)
