@@ -1,6 +1,6 @@
 """Shared settings of the ``yolo/yolov8*_digits`` configs: the demo's digits data (160 px, noisy training
 boxes), trainable in minutes on 2 CPU cores."""
-from locdistill.config import Config
+from locdistill.config import Config, load_config
 from locdistill.configs.yolo._coco import SCALES
 
 
@@ -12,13 +12,7 @@ def yolov8_digits(scale: str) -> Config:
     m.yolo.depth, m.yolo.width, m.yolo.max_channels = SCALES[scale]
     m.head.strides = (8, 16, 32)  # the network's strides (fixed for the family; read by tools, not by the model)
 
-    d = config.data
-    d.dataset = "digits"
-    d.img_scale = (160, 160)
-    d.flip_prob = 0.0  # mirrored digits are not digits
-    d.digits_box_noise = 0.1
-    d.batch_size = 16
-    d.workers = 2
+    config.data = load_config("demo/gfl_r18_digits").data  # the GFL digits student's data, noise and batch
 
     t = config.train
     t.epochs = 10
