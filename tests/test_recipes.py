@@ -26,7 +26,7 @@ def test_each_recipe_sets_its_terms_and_is_recognised():
 
 
 def test_default_is_the_safe_recipe_and_paper_factories_keep_their_meaning():
-    assert DistillConfig().recipe(80) == DEFAULT_RECIPE == "crosshead"
+    assert DistillConfig().recipe(80) == DEFAULT_RECIPE == "crosshead_ld"
     assert weights(DistillConfig.paper("t", "c")) == (0.25, 0.25, 10, 0, 0, 0)
     assert DistillConfig.paper("t", "c").reduction == "sum"
     assert weights(DistillConfig.crosskd("t", "c")) == (0, 0, 0, 3, 1, 2)

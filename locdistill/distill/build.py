@@ -75,7 +75,7 @@ def build_criterion(cfg: Config, distill: Optional[bool] = None, **changes) -> U
             raise ConfigError(
                 f"the teacher ({cfg.distill.teacher_config}: strides, reg_max, anchor offset {layout(tcfg)}) has "
                 f"another layout than the student ({layout(cfg)}): heterogeneous LD maps its distributions for "
-                "the terms on the student's outputs, but cross-head LD (the default `crosshead` recipe) and "
+                "the terms on the student's outputs, but cross-head LD (in the default `crosshead_ld` recipe) and "
                 "feature imitation need the same layout; use --set distill.recipe=ld or distill.recipe=full "
                 "(docs/distillation.md, \"Heterogeneous LD\")")
         # heterogeneous pair (docs/distillation.md, "Heterogeneous LD"): the teacher's outputs are flattened by
@@ -114,7 +114,7 @@ def _check_yolo_terms(cfg: Config, side: str) -> None:
     d = cfg.distill
     if d.crosshead:
         raise ConfigError(
-            f"cross-head LD (distill.crosshead_*_weight, the default `crosshead` recipe) needs GFL heads on both "
+            f"cross-head LD (distill.crosshead_*_weight, in the default `crosshead_ld` recipe) needs GFL heads on both "
             f"sides; the {side} is a YOLO-family model (model.type='yolo'). Choose a recipe of terms on the "
             "student's own outputs: --set distill.recipe=ld (main-region LD) or distill.recipe=full (+ VLR, "
             "class KD); see docs/yolo.md, \"Distillation\"")

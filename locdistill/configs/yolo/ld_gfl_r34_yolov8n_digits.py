@@ -3,7 +3,7 @@
 # student (docs/distillation.md, "Heterogeneous LD"). The teacher's P3-P5 distributions (reg_max 16,
 # points at (j·s, i·s)) are resampled each step onto the student's 16 bins (reg_max 15) at its cell
 # centres; the teacher's P6/P7 have no student level and are skipped (one warning at start-up).
-# Recipe `ld` set explicitly (the default `crosshead` recipe is GFL-only); `--set distill.recipe=full`
+# Recipe `ld` set explicitly (the default `crosshead_ld` recipe's cross-head terms are GFL-only); `--set distill.recipe=full`
 # adds VLR-LD and class KD. `per_image` reduction as the other digits LD configs.
 from pathlib import Path
 
