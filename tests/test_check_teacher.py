@@ -12,14 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 
+from locdistill.boxes import bbox_overlaps
 from locdistill.checkpoint import save_checkpoint
 from locdistill.cli import main
 from locdistill.config import load_config
 from locdistill.data.loader import build_dataloader, build_dataset
 from locdistill.distill import build_criterion
+from locdistill.errors import ConfigError
 from locdistill.models.build import build_detector
 from locdistill.tools.check_teacher import (
-    REGIONS, VARIANTS, BoxComparison, TeacherCheck, check_teacher, verdict,
+    REGIONS, VARIANTS, BoxComparison, TeacherCheck, check_teacher, format_report, verdict,
 )
 
 CONFIG = "demo/gfl_r18_digits"
@@ -157,3 +159,97 @@ def test_teacher_architecture_hint_names_teacher_set_and_following_it_works(ckpt
     fix = re.search(r"Or override the teacher's config: (--teacher-set .*)", err).group(1)
     assert "model.backbone.base_channels=8" in fix
     assert main(argv + shlex.split(fix)) == 0
+
+
+# ----------------------------------------------------------------------------- the YOLO family
+
+Y_CONFIG = "yolo/yolov8n_digits"
+Y_MODEL = ["model.yolo.width=0.125", "model.yolo.depth=0.2"]
+
+
+def _save_yolo(path, reg_max: int = 16, state=None, reg_noise: float = 0.0):
+    cfg = load_config(Y_CONFIG, [*Y_MODEL, f"model.yolo.reg_max={reg_max}"])
+    torch.manual_seed(0)
+    model = build_detector(cfg.model)
+    if state is not None:
+        model.load_state_dict(state)
+    if reg_noise:
+        with torch.no_grad():
+            for branch in model.bbox_head.reg_branches:  # the last 1×1 conv of each level's box branch
+                w = branch[-1].weight
+                w.add_(reg_noise * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+    save_checkpoint(path, model, meta={"classes": [str(i) for i in range(10)]})
+    return model
+
+
+@pytest.fixture(scope="module")
+def yolo_ckpts(tmp_path_factory):
+    d = tmp_path_factory.mktemp("check_teacher_yolo")
+    student = _save_yolo(d / "student.pth")
+    _save_yolo(d / "reg_teacher.pth", state=student.state_dict(), reg_noise=0.05)
+    _save_yolo(d / "bins8.pth", reg_max=8)
+    return d
+
+
+def _check_yolo(d, teacher: str, teacher_model=(), **kw) -> TeacherCheck:
+    return check_teacher(Y_CONFIG, str(d / "student.pth"), Y_CONFIG, str(d / teacher),
+                         overrides=[*Y_MODEL, *DATA], teacher_overrides=[*Y_MODEL, *teacher_model], **kw)
+
+
+def test_yolo_teacher_that_is_the_student_changes_nothing(yolo_ckpts):
+    check = _check_yolo(yolo_ckpts, "student.pth")
+    assert check.assigner == "TAL" and check.num_images == 6
+    assert check.metrics["none"]["AR100"] > 0
+    for n in VARIANTS:
+        assert check.metrics[n] == check.metrics["none"], n
+    assert check.boxes.positives > 0 and check.boxes.teacher_better == 0
+    report = "\n".join(format_report(check))
+    assert "student's TAL positives (main LD)" in report and "ATSS" not in report
+
+
+def test_yolo_teacher_differing_only_in_boxes(yolo_ckpts):
+    check = _check_yolo(yolo_ckpts, "reg_teacher.pth", images=4)
+    assert check.metrics["teacher cls"] == check.metrics["none"]
+    # equal only if the mixed outputs are decoded as YOLO outputs (cell-centre points), as the teacher's own
+    assert check.metrics["all"] == check.metrics["teacher"]
+    b = check.boxes
+    assert 0 < b.teacher_better < b.positives
+
+    # the student's mean IoU at its TAL positives, decoded here independently: distances are the
+    # expected bin (0..15) times the stride, measured from the cell centres ((j + 0.5)·s, (i + 0.5)·s)
+    cfg = load_config(Y_CONFIG, [*Y_MODEL, *DATA])
+    student = build_detector(cfg.model)
+    student.load_state_dict(torch.load(yolo_ckpts / "student.pth", weights_only=True)["model"])
+    data = torch.utils.data.Subset(build_dataset(cfg.data, "val"), range(4))
+    criterion = build_criterion(cfg)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for images, targets in build_dataloader(data, 3, 0, shuffle=False):
+            out = student.eval()(images)
+            boxes = []
+            for s, box in zip((8, 16, 32), out["box_logits"]):
+                B, _, H, W = box.shape
+                p = box.reshape(B, 4, 16, H, W).softmax(2)
+                d = (p * torch.arange(16.0).view(1, 1, 16, 1, 1)).sum(2) * s  # [B, 4, H, W]
+                ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+                xy = torch.stack([xs * s - d[:, 0], ys * s - d[:, 1], xs * s + d[:, 2], ys * s + d[:, 3]], -1)
+                boxes.append(xy.reshape(B, H * W, 4))
+            boxes = torch.cat(boxes, 1)
+            gt = [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets]
+            asg = criterion.assign(criterion.flatten(out), gt, [t["pad_shape"] for t in targets])
+            for i in range(len(targets)):
+                pos = asg.pos[i]
+                matched = asg.gt_boxes[i][asg.gt_index[i][pos]]
+                total += float(bbox_overlaps(boxes[i][pos], matched, is_aligned=True).sum())
+                count += int(pos.sum())
+    assert count == b.positives
+    assert b.mean_iou_student == pytest.approx(total / count, rel=1e-4)
+
+
+def test_yolo_pairs_of_another_layout_or_family_are_refused(yolo_ckpts):
+    with pytest.raises(ConfigError, match=r"same layout .*teacher reg_max=7 but student reg_max=15"):
+        _check_yolo(yolo_ckpts, "bins8.pth", teacher_model=["model.yolo.reg_max=8"])
+    with pytest.raises(ConfigError, match=r"both must be of one family; the student config yolov8n_digits is "
+                                          r"model.type='yolo', the teacher config gfl_r34_digits_teacher"):
+        check_teacher(Y_CONFIG, str(yolo_ckpts / "student.pth"), "demo/gfl_r34_digits_teacher",
+                      str(yolo_ckpts / "student.pth"))

@@ -235,14 +235,3 @@ def test_heterogeneous_gfl_pair_with_crosshead_is_a_config_error():
     cfg.distill.__dict__.update(recipe_values("full", 10))
     crit = build_criterion(cfg)
     assert crit.distill_terms.hetero_strides == ((8, 16, 32, 64, 128), (8, 16, 32, 64, 128))
-
-
-def test_check_teacher_refuses_a_yolo_pair_with_a_clear_error(tmp_path):
-    from locdistill.errors import ConfigError
-    from locdistill.tools.check_teacher import check_teacher
-
-    ckpt = tmp_path / "x.pth"
-    ckpt.write_bytes(b"")
-    with pytest.raises(ConfigError, match="check-teacher measures GFL pairs only; the student config "
-                                          "yolov8n_digits is model.type='yolo'"):
-        check_teacher("yolo/yolov8n_digits", str(ckpt), "demo/gfl_r34_digits_teacher", str(ckpt))

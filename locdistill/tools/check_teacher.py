@@ -5,7 +5,8 @@ a teacher. On the val split of the student's config (or its training images, thr
 val pipeline, with ``split="train"``) this measures
 
 1. **Headroom**: the student's COCO AP as it is, and with the teacher's box logits swapped
-   in at the student's ATSS positives (the region of main LD), at the VLR (VLR-LD), at
+   in at the student's positives (ATSS for GFL, TAL for the YOLO family: the region of main
+   LD), at the VLR (VLR-LD), at
    both, and everywhere; then the teacher's class logits with the student's boxes (what
    class KD could give) and the teacher alone. Nothing else changes (the student's class
    scores, the same post-processing), so AP(positives) − AP(student) is the most main LD
@@ -36,8 +37,11 @@ val pipeline, with ``split="train"``) this measures
    The class side adds a note when the teacher's class logits are worth ≥ ``KD_AP``
    (+1 AP) with the student's boxes (class KD, ``distill.kd_weight``).
 
-Box swaps assume a GFL v1 head; for GFLv2 the class scores depend on the box distributions
-(DGQP) and are not recomputed, so its rows show the boxes' effect only.
+Teacher and student must share one layout (family, strides, bins, anchor points): outputs are
+swapped location by location, so a heterogeneous pair (GFL ↔ YOLO) is refused; compare
+``locdistill test`` of each instead. Box swaps assume the class scores do not depend on the
+boxes (GFL v1, YOLO); for GFLv2 they do (DGQP) and are not recomputed, so its rows show the
+boxes' effect only.
 """
 from __future__ import annotations
 
@@ -56,13 +60,14 @@ from ..config import load_config
 from ..data.digits import ensure_digits
 from ..data.loader import build_dataloader, build_dataset
 from ..distill import build_criterion, check_compatible
-from ..distill.regions import vlr_weights
+from ..distill.regions import VLR_IOU_MODES, vlr_weights
 from ..engine.device import select_device
 from ..engine.evaluate import image_metas, score_detections
 from ..engine.logging import make_progress
 from ..errors import CheckpointError, ConfigError
 from ..models.build import load_detector as build_and_load
 from ..models.build import postprocess
+from ..models.dense import Assignment, DenseOutputs, integral
 
 HELPS_AP = 2.0  # main-LD headroom (AP points) from which LD is likely to help ...
 HELPS_SHARE = 60.0  # ... together with the teacher's box being better at this share (%) of the positives
@@ -74,7 +79,7 @@ REGIONS = ("none", "positives", "vlr", "pos+vlr", "all")  # where the teacher's 
 VARIANTS = (*REGIONS, "teacher cls", "teacher")
 LABELS = {
     "none": "the student as it is",
-    "positives": "teacher's boxes at the student's ATSS positives (main LD)",
+    "positives": "teacher's boxes at the student's {assigner} positives (main LD)",
     "vlr": "teacher's boxes at the VLR (VLR-LD)",
     "pos+vlr": "teacher's boxes at positives + VLR",
     "all": "teacher's boxes everywhere",
@@ -89,7 +94,7 @@ COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "AR100")
 
 @dataclass
 class BoxComparison:
-    """Teacher vs student decoded boxes at the student's ATSS positives, summed over images.
+    """Teacher vs student decoded boxes at the student's positives (ATSS / TAL), summed over images.
 
     ``iou_teacher`` / ``iou_student``: sums of the IoU of each one's box with the assigned GT
     box; ``teacher_better``: positives where the teacher's IoU is strictly higher.
@@ -126,7 +131,8 @@ class TeacherCheck:
     """Everything ``check-teacher`` measured.
 
     ``metrics[variant]``: COCO metrics (fractions, -1 = undefined) of each of
-    :data:`VARIANTS`; ``boxes``: the teacher vs student comparison at the positives.
+    :data:`VARIANTS`; ``boxes``: the teacher vs student comparison at the positives;
+    ``assigner``: the student's ("ATSS" for GFL, "TAL" for the YOLO family).
     """
 
     student_checkpoint: str
@@ -135,6 +141,7 @@ class TeacherCheck:
     num_images: int
     metrics: dict = field(default_factory=dict)
     boxes: BoxComparison = field(default_factory=BoxComparison)
+    assigner: str = "ATSS"
 
     def ap(self, variant: str) -> float:
         """AP × 100 of a variant."""
@@ -254,14 +261,29 @@ def decode_boxes(box_levels: Sequence[Tensor], centers: Tensor) -> Tensor:
     return distance2bbox(centers, logits.softmax(-1) @ project)
 
 
+def positive_boxes(dense: DenseOutputs, assignment: Assignment) -> tuple[Tensor, Tensor]:
+    """The student's decoded boxes and the boxes assigned to its locations, any family.
+
+    Returns:
+        ``(pred_boxes, target_boxes)``, each ``[B, A, 4]`` xyxy in stride units; ``pred_boxes`` the
+        expected distance of each side's softmax from ``dense.centers``, ``target_boxes`` the
+        annotated box of ``assignment.gt_index`` (meaningful where ``assignment.pos``).
+    """
+    B, A = assignment.pos.shape
+    slot = assignment.gt_index.clamp(min=0)[..., None].expand(B, A, 4)
+    target = assignment.gt_boxes.gather(1, slot) / dense.strides[:, None]
+    return distance2bbox(dense.centers, integral(dense.box_logits)), target
+
+
 def variant_outputs(s_out: dict, t_out: dict, masks: dict) -> dict:
     """Head outputs of every variant: the student's class logits with box logits mixed per
     ``masks`` (name → ``[B, A]`` bool), the teacher's class logits with the student's boxes
-    (``"teacher cls"``) and the teacher's own (``"teacher"``)."""
-    outputs = {n: {"cls_logits": s_out["cls_logits"],
+    (``"teacher cls"``) and the teacher's own (``"teacher"``). Other entries of the outputs
+    (a family's extras, e.g. the YOLO point offset) are the student's."""
+    outputs = {n: {**s_out, "cls_logits": s_out["cls_logits"],
                    "box_logits": mix_levels(s_out["box_logits"], t_out["box_logits"], m)}
                for n, m in masks.items()}
-    outputs["teacher cls"] = {"cls_logits": t_out["cls_logits"], "box_logits": s_out["box_logits"]}
+    outputs["teacher cls"] = {**s_out, "cls_logits": t_out["cls_logits"], "box_logits": s_out["box_logits"]}
     outputs["teacher"] = t_out
     return outputs
 
@@ -270,7 +292,7 @@ def variant_outputs(s_out: dict, t_out: dict, masks: dict) -> dict:
 
 
 @torch.no_grad()
-def collect(student, teacher, loader, criterion, test_cfg, device: torch.device):
+def collect(student, teacher, loader, criterion, test_cfg, device: torch.device, vlr_iou_mode: str = "diou"):
     """Run both detectors over ``loader`` and gather every variant's detections.
 
     Returns ``(detections, image_ids, boxes)``: ``detections[variant]`` one dict per image
@@ -289,13 +311,13 @@ def collect(student, teacher, loader, criterion, test_cfg, device: torch.device)
             gt = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
             dense = criterion.flatten(s_out)
             asg = criterion.assign(dense, gt, [t["pad_shape"] for t in targets])
-            tg = criterion.box_targets(dense, asg)
-            pos, vlr = asg.pos, vlr_weights(asg, criterion.distill_terms.vlr_iou_mode) > 0  # [B, A]
+            pred_boxes, target_boxes = positive_boxes(dense, asg)
+            pos, vlr = asg.pos, vlr_weights(asg, vlr_iou_mode) > 0  # [B, A]
             masks = {"none": torch.zeros_like(pos), "positives": pos, "vlr": vlr, "pos+vlr": pos | vlr,
                      "all": torch.ones_like(pos)}
             t_boxes = decode_boxes(t_out["box_logits"], dense.centers)  # [B, A, 4]
-            boxes.add(bbox_overlaps(t_boxes, tg.target_boxes, is_aligned=True)[pos],
-                      bbox_overlaps(tg.pred_boxes, tg.target_boxes, is_aligned=True)[pos])
+            boxes.add(bbox_overlaps(t_boxes, target_boxes, is_aligned=True)[pos],
+                      bbox_overlaps(pred_boxes, target_boxes, is_aligned=True)[pos])
             metas = image_metas(targets)
             keep = []
             for i, t in enumerate(targets):
@@ -323,7 +345,7 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
     """Measure what ``teacher`` could teach ``student`` (see the module docstring).
 
     ``overrides`` apply to the student's config (its model, data, test settings and the
-    ATSS assigner: these define the split, the positives and the post-processing of every
+    assigner (ATSS / TAL): these define the split, the positives and the post-processing of every
     row); ``teacher_overrides`` to the teacher's, whose model section alone is used.
     ``images``: the first N images of the split (default all).
     """
@@ -334,11 +356,12 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
             raise CheckpointError(f"{role} checkpoint {path} does not exist; check the path")
     cfg = _load_config("student", student_config, overrides)
     t_cfg = _load_config("teacher", teacher_config, teacher_overrides)  # its errors now, not after the data
-    for role, c in (("student", cfg), ("teacher", t_cfg)):
-        if c.model.type != "gfl":
-            raise ConfigError(f"check-teacher measures GFL pairs only; the {role} config {c.name} is "
-                              f"model.type={c.model.type!r}. Compare `locdistill test` of the teacher and of "
-                              "the baseline student on the same val data instead (docs/yolo.md)")
+    if cfg.model.type != t_cfg.model.type:
+        raise ConfigError(f"check-teacher swaps the teacher's outputs into the student's location by location, so "
+                          f"both must be of one family; the student config {cfg.name} is model.type="
+                          f"{cfg.model.type!r}, the teacher config {t_cfg.name} model.type={t_cfg.model.type!r}. "
+                          "For a heterogeneous pair compare `locdistill test` of the teacher and of the baseline "
+                          "student on the same val data instead (docs/yolo.md)")
     dataset = eval_dataset(cfg, split)
     classes = len(dataset.classes)
     s_cfg, student, s_classes = load_detector("student", student_config, student_checkpoint, overrides, classes)
@@ -351,20 +374,28 @@ def check_teacher(student_config: str, student_checkpoint: str, teacher_config: 
         raise ConfigError(f"teacher checkpoint {teacher_checkpoint} predicts {teacher.num_classes} classes but "
                           f"student checkpoint {student_checkpoint} predicts {student.num_classes}; use a teacher "
                           "trained on the student's classes")
-    check_compatible(student, teacher, need_same_classes=True)
+    try:
+        check_compatible(student, teacher, need_same_classes=True)
+    except ConfigError as e:
+        raise ConfigError(f"check-teacher needs teacher and student of the same layout (their outputs are swapped "
+                          f"location by location): {str(e).split(' (heterogeneous LD')[0]}") from None
     device = select_device(cfg.train.device)
     student.to(device)
     teacher.to(device)
     cfg.model = s_cfg.model  # with the checkpoint's class count
-    criterion = build_criterion(cfg, distill=True)  # with the distill terms: the VLR's distill.vlr_iou_mode
+    criterion = build_criterion(cfg)  # the student's assigner; no distill terms (none runs here)
+    if cfg.distill.vlr_iou_mode not in VLR_IOU_MODES:
+        raise ConfigError(f"distill.vlr_iou_mode={cfg.distill.vlr_iou_mode!r}: use one of {list(VLR_IOU_MODES)}")
     subset = dataset if images is None else torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
     loader = build_dataloader(subset, cfg.data.batch_size, cfg.data.workers, shuffle=False,
                               size_divisor=cfg.data.size_divisor)
-    detections, image_ids, boxes = collect(student, teacher, loader, criterion, cfg.test, device)
+    detections, image_ids, boxes = collect(student, teacher, loader, criterion, cfg.test, device,
+                                              cfg.distill.vlr_iou_mode)
     if not image_ids:
         raise ConfigError(f"no image of the {split} split could be read; nothing to measure")
     return TeacherCheck(str(student_checkpoint), str(teacher_checkpoint), split, len(image_ids),
-                        evaluate_variants(dataset, detections, image_ids), boxes)
+                        evaluate_variants(dataset, detections, image_ids), boxes,
+                        "TAL" if cfg.model.type == "yolo" else "ATSS")
 
 
 # ----------------------------------------------------------------------------- report
@@ -374,7 +405,7 @@ def verdict(check: TeacherCheck) -> str:
     """The plain-words reading of ``check``, with the numbers behind it (rules of thumb, see the module)."""
     b = check.boxes
     if not b.positives:
-        return ("no ATSS positives on these images (no annotated boxes?): the teacher cannot be judged here; "
+        return (f"no {check.assigner} positives on these images (no annotated boxes?): the teacher cannot be judged here; "
                 "use a split with annotations")
     d, share = check.headroom, b.better_share
     numbers = f"main LD headroom {d:+.1f} AP at the positives and the teacher's box is better at {share:.0f} % of them"
@@ -414,15 +445,15 @@ def format_report(check: TeacherCheck) -> list[str]:
     for n in VARIANTS:
         m = check.metrics[n]
         delta = "n/a" if m["AP"] < 0 or check.metrics["none"]["AP"] < 0 else f"{check.delta(n):+.1f}"
-        lines.append(f"| {LABELS[n]} | " + " | ".join(_pct(m[c]) for c in COLUMNS) + f" | {delta} |")
+        lines.append(f"| {LABELS[n].format(assigner=check.assigner)} | " + " | ".join(_pct(m[c]) for c in COLUMNS) + f" | {delta} |")
     b = check.boxes
     lines.append("")
     if b.positives:
-        lines.append(f"at the student's {b.positives} ATSS positives: mean IoU with the annotated box: teacher "
+        lines.append(f"at the student's {b.positives} {check.assigner} positives: mean IoU with the annotated box: teacher "
                      f"{b.mean_iou_teacher:.3f}, student {b.mean_iou_student:.3f}; the teacher's box is better "
                      f"at {b.better_share:.1f} % of them")
     else:
-        lines.append("no ATSS positives on these images")
+        lines.append(f"no {check.assigner} positives on these images")
     if check.split == "train":
         lines.append("(training split: scored against the boxes the student was trained on, noise included; "
                      "a teacher is best judged on val)")
