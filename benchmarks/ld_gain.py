@@ -22,11 +22,14 @@ YOLO family (--family yolo; docs/yolo.md, "Distillation"): a YOLOv8-n student on
 (yolo/yolov8n_digits), variants
   baseline    the YOLOv8-n student alone
   ld          + main-region LD (TAL positives) from a YOLOv8-s teacher (yolo/ld_yolov8s_yolov8n_digits),
-              trained once by this script into OUT_DIR/teacher_yolov8s on the student's own data
+              trained once by this script into OUT_DIR/teacher_yolov8s as the demo's GFL teacher is: other
+              scenes, exact boxes, 16 epochs (yolo/yolov8s_digits_teacher)
   full        + VLR-LD on the family's substitute VLR + class KD (1.25), same teacher
   hetero_gfl  main LD from the shipped GFL R-34 teacher (yolo/ld_gfl_r34_yolov8n_digits; heterogeneous:
               P3-P5 matched, reg_max 16 -> 15, half-cell offset)
   hetero_gfl_full  the same with the full recipe (diagnostic)
+  ld_same_data     main LD from a YOLOv8-s trained on the student's own data and schedule
+                   (yolo/yolov8s_digits, into OUT_DIR/teacher_yolov8s_same; diagnostic)
 
     python benchmarks/ld_gain.py --family yolo --seeds 0 1 2 --out-dir work_dirs/ld_gain --jobs 2 --threads 1
 
@@ -77,10 +80,11 @@ YOLO_VARIANTS = {
     "hetero_gfl": (YOLO_HETERO, ["distill.recipe=ld"], None),
     # diagnostics
     "hetero_gfl_full": (YOLO_HETERO, ["distill.recipe=full"], None),
+    "ld_same_data": (YOLO_LD, ["distill.recipe=ld"], "yolov8s_same"),
 }
 YOLO_DEFAULT_VARIANTS = ["baseline", "ld", "full", "hetero_gfl"]
 # the YOLO teachers this script trains (OUT_DIR/teacher_<name>): config, overrides
-YOLO_TEACHERS = {"yolov8s": ("yolo/yolov8s_digits", [])}
+YOLO_TEACHERS = {"yolov8s": ("yolo/yolov8s_digits_teacher", []), "yolov8s_same": ("yolo/yolov8s_digits", [])}
 # setting -> (teacher config, its overrides); None: the shipped teacher the LD configs name
 SETTINGS = {
     "demo": None,
