@@ -280,3 +280,33 @@ def test_resume_without_an_ema_in_the_checkpoint_starts_it_from_the_weights(tmp_
     assert main(["train", CONFIG, "--work-dir", str(tmp_path), "--resume", "--set", *TINY]) == 0
     assert "the EMA starts from its weights" in " ".join(capsys.readouterr().out.split())
     assert load_checkpoint(tmp_path / "latest.pth")["ema"]["updates"] == 3
+
+
+def test_yolo_teacher_with_ema_distils_into_a_student_with_ema(tmp_path):
+    """A YOLO run with the EMA on is loaded as a teacher with its EMA weights; the student of a Distiller
+    (DDP-free here) gets its own EMA, without teacher keys."""
+    from locdistill.distill import build_teacher
+    from locdistill.models.yolo import YOLO
+
+    small = ["data.digits_train=16", "data.digits_val=8", "data.digits_image_size=64", "data.img_scale=(64, 64)",
+             "data.batch_size=8", "data.workers=0", "train.epochs=1", "train.max_iters_per_epoch=2",
+             "train.warmup_iters=2", "train.log_interval=1", "train.eval_interval=1", "train.device=cpu",
+             "train.ema=true", "train.ema_tau=2.0"]
+    teacher = tmp_path / "teacher"
+    assert main(["train", "yolo/yolov8n_digits", "--work-dir", str(teacher), "--set", *small,
+                 "model.yolo.width=0.125"]) == 0
+    t_ck = load_checkpoint(teacher / "latest.pth")
+    assert t_ck["ema"]["updates"] == 2
+    t_model = build_teacher(str(teacher / "config.py"), str(teacher / "latest.pth"), 10)
+    assert isinstance(t_model, YOLO)
+    _assert_same(t_model.state_dict(), t_ck["ema"]["state_dict"])
+    wd = tmp_path / "student"
+    with pytest.warns(UserWarning):
+        assert main(["train", "demo/ld_r34_r18_digits", "--work-dir", str(wd), "--set", *small,
+                     "model.backbone.base_channels=8", "model.neck.out_channels=32", "model.head.feat_channels=32",
+                     "model.head.stacked_convs=1", "model.head.num_groups=8",
+                     f"distill.teacher_config={teacher / 'config.py'}",
+                     f"distill.teacher_checkpoint={teacher / 'latest.pth'}", "distill.recipe=ld"]) == 0
+    s_ck = load_checkpoint(wd / "latest.pth")
+    assert s_ck["ema"]["updates"] == 2 and s_ck["ema"]["state_dict"].keys() == s_ck["model"].keys()
+    assert not any(k.startswith("teacher") for k in s_ck["ema"]["state_dict"])
