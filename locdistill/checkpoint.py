@@ -3,7 +3,11 @@
 Layout written by locdistill::
 
     {"model": state_dict, "config": dict, "meta": {"version", "classes", "epoch", "iter"},
-     "optimizer": ..., "scheduler": ..., "scaler": ...}
+     "optimizer": ..., "scheduler": ..., "scaler": ...,
+     "ema": {"state_dict", "updates", "decay", "tau"}}   # with train.ema
+
+``model`` holds the raw weights (training resumes from them); inference, evaluation, teachers
+and ``convert`` read the ``ema`` weights when a file holds them (:func:`inference_checkpoint`).
 
 Files are written to a temporary file in the same folder and renamed, so a crash
 never leaves a truncated checkpoint. Loading uses ``torch.load(weights_only=True)``:
@@ -376,3 +380,13 @@ def load_model_weights(
     sd = {k: v for k, v in sd.items() if k not in diff["unexpected"]}
     model.load_state_dict(sd, strict=strict)
     return diff
+
+
+def inference_checkpoint(ckpt: Mapping) -> Mapping:
+    """``ckpt`` as inference reads it: a training checkpoint written with ``train.ema`` holds the
+    moving average of the weights as ``ckpt["ema"]["state_dict"]``, which then stands in for its raw
+    ``"model"`` weights (kept for resuming); any other checkpoint is returned as it is."""
+    ema = ckpt.get("ema")
+    if isinstance(ema, Mapping) and isinstance(ema.get("state_dict"), Mapping):
+        return {**ckpt, "model": ema["state_dict"]}
+    return ckpt

@@ -167,6 +167,21 @@ class TrainConfig:
     deterministic: bool = False  # torch.use_deterministic_algorithms, no cuDNN autotuning (exact repeats)
     tensorboard: bool = True  # also write TensorBoard events to work_dir/tb when tensorboard is installed
     max_iters_per_epoch: Optional[int] = None  # cap (smoke tests, debugging)
+    # exponential moving average of the weights (locdistill.engine.ema.ModelEMA), updated after every optimizer
+    # step with decay ema_decay · (1 − exp(−updates / ema_tau)); evaluation and inference use it, checkpoints
+    # keep the raw weights as "model" (to resume) and the average as "ema"
+    ema: bool = False
+    ema_decay: float = 0.9999
+    ema_tau: float = 2000.0  # updates over which the decay ramps up to ema_decay
+
+    def __post_init__(self) -> None:
+        number = (int, float)
+        if isinstance(self.ema_decay, number) and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"config key 'train.ema_decay': must be in (0, 1) (the share of the average kept at "
+                              f"each update; 0.9999 as YOLOv8), got {self.ema_decay}")
+        if isinstance(self.ema_tau, number) and not self.ema_tau > 0:
+            raise ConfigError(f"config key 'train.ema_tau': must be > 0 (the updates over which the EMA decay ramps "
+                              f"up; 2000 as YOLOv8), got {self.ema_tau}")
 
 
 # Named distillation recipes (docs/distillation.md, "Recipes"): each sets every term's weight and temperature,
@@ -463,6 +478,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
         return value
     if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):  # --set train.ema=true
+            return value.lower() == "true"
         if not isinstance(value, bool):
             raise ConfigError(f"config key '{key}': expected True or False, got {value!r}")
         return value

@@ -5,7 +5,7 @@
 - :func:`rng_state` / :func:`set_rng_state`: the generator states a checkpoint carries
   as plain data (``weights_only`` loadable);
 - :class:`Checkpointer`: what a checkpoint of a run holds besides the weights (optimizer,
-  schedule, scaler, RNG, distillation state, position), written and read back, and the
+  schedule, scaler, RNG, distillation state, EMA of the weights, position), written and read back, and the
   epoch checkpoints with ``latest.pth`` linked to the newest and only
   ``train.keep_checkpoints`` of them kept;
 - :func:`find_resume_checkpoint` (``--resume`` without a path) and
@@ -34,6 +34,7 @@ from ..config import Config, TrainConfig, config_to_dict
 from ..errors import CheckpointError
 from . import dist
 from .device import Precision
+from .ema import ModelEMA
 from .evaluate import unwrap
 from .logging import warn
 from .schedule import WarmupStepSchedule
@@ -190,13 +191,14 @@ class Checkpointer:
     """What a checkpoint of a run holds besides the weights (DESIGN §8): writes and restores it.
 
     ``model`` is the trained module (set it again after DDP wrapping); ``meta_base`` goes into
-    every checkpoint's ``meta`` (classes, config name).
+    every checkpoint's ``meta`` (classes, config name); ``ema`` (``train.ema``) is saved as the
+    checkpoint's ``"ema"`` entry and restored with the rest.
     """
 
     def __init__(self, cfg: Config, model, optimizer, schedule: WarmupStepSchedule, precision: Precision,
-                 state: TrainState, meta_base: dict):
+                 state: TrainState, meta_base: dict, ema: ModelEMA | None = None):
         self.cfg, self.model, self.optimizer, self.schedule = cfg, model, optimizer, schedule
-        self.precision, self.state, self.meta_base = precision, state, meta_base
+        self.precision, self.state, self.meta_base, self.ema = precision, state, meta_base, ema
         self.cfg_dict = config_to_dict(cfg)
         self.rng = None  # the RNG states of the last checkpoint saved or restored
 
@@ -210,6 +212,8 @@ class Checkpointer:
         extra = {"rng": self.rng, "train_state": {"skipped": s.skipped, "history": list(s.history)}}
         if getattr(self.model, "training_state_dict", None) and self.model.training_state_dict():
             extra["distill_state"] = self.model.training_state_dict()  # a Distiller's training-only modules
+        if self.ema is not None:
+            extra["ema"] = self.ema.state_dict()  # "model" stays the raw weights: training resumes from them
         try:
             path = save_checkpoint(
                 path, unwrap(self.model), self.cfg_dict,
@@ -251,6 +255,13 @@ class Checkpointer:
                 raise CheckpointError(f"{path}: its optimizer state does not fit this run's optimizer "
                                       f"(train.optimizer={self.cfg.train.optimizer!r}): {e}; resume with the "
                                       "config the checkpoint was written with") from e
+        if self.ema is not None:
+            if isinstance(ck.get("ema"), dict):
+                self.ema.load_state_dict(ck["ema"], source=str(path))
+            else:
+                self.ema.reset(unwrap(self.model))
+                warn(f"{path} holds no EMA of the weights (written with train.ema off): the EMA starts from its "
+                     "weights")
         if "scheduler" in ck:
             self.schedule.load_state_dict(ck["scheduler"])
         if ck.get("scaler") and self.precision.scaler.is_enabled():

@@ -11,7 +11,9 @@ means over the ranks. The pieces around the loop live next to it:
   ``latest.pth``, and the Ctrl-C handling
   (:class:`~locdistill.engine.resume.GracefulInterrupt`);
 - :mod:`~locdistill.engine.logging`: :class:`~locdistill.engine.logging.StepMeter`, the loop's
-  loss windows, non-finite checks, skipped steps and ``metrics.jsonl`` records.
+  loss windows, non-finite checks, skipped steps and ``metrics.jsonl`` records;
+- :mod:`~locdistill.engine.ema`: :class:`~locdistill.engine.ema.ModelEMA` (``train.ema``), the
+  moving average of the weights updated after each optimizer step and evaluated instead of them.
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ from ..errors import CheckpointError, ConfigError, TrainingError
 from ..models.build import build_detector
 from . import dist
 from .device import Precision, seed_everything, set_determinism, targets_to
-from .evaluate import evaluate
+from .ema import ModelEMA
+from .evaluate import evaluate, unwrap
 from .logging import MetricsLogger, StepMeter, format_ap, info, make_progress, metrics_table, print_table
 from .resume import (Checkpointer, GracefulInterrupt, TrainState, find_resume_checkpoint, remove_orphaned_temps,
                      resumed_lr)
@@ -44,7 +47,8 @@ class TrainContext:
 
     ``precision`` defaults to the config's (``train.amp``); ``interrupt`` to a
     :class:`GracefulInterrupt` whose SIGINT handler is not installed; ``logger=None``
-    writes no ``metrics.jsonl`` records.
+    writes no ``metrics.jsonl`` records; ``ema`` (``train.ema``), when given, is updated
+    after every optimizer step that was taken.
     """
 
     model: nn.Module
@@ -57,6 +61,7 @@ class TrainContext:
     logger: MetricsLogger | None = None
     precision: Precision | None = None
     interrupt: GracefulInterrupt = field(default_factory=GracefulInterrupt)
+    ema: ModelEMA | None = None
 
     def __post_init__(self):
         if self.precision is None:
@@ -95,7 +100,8 @@ def train_one_epoch(ctx: TrainContext, loader) -> dict[str, float]:
                 lr = ctx.schedule.step(state.epoch, state.iter)
                 losses = _forward_backward(ctx, images, targets)
                 if meter.update(losses):  # False: non-finite, skipped (train.skip_nonfinite)
-                    _optimizer_step(ctx)
+                    if _optimizer_step(ctx) and ctx.ema is not None:
+                        ctx.ema.update(unwrap(ctx.model))
                 else:
                     ctx.optimizer.zero_grad(set_to_none=True)
                 state.iter += 1
@@ -134,14 +140,21 @@ def _forward_backward(ctx: TrainContext, images: torch.Tensor, targets: list[dic
     return detached
 
 
-def _optimizer_step(ctx: TrainContext) -> None:
-    """Gradient clipping (``train.grad_clip``, on unscaled gradients), then the (scaler's) step."""
+def _optimizer_step(ctx: TrainContext) -> bool:
+    """Gradient clipping (``train.grad_clip``, on unscaled gradients), then the (scaler's) step.
+
+    Returns whether the weights were stepped: False when the fp16 GradScaler skipped the step
+    for inf/NaN gradients (it then lowers its scale); known only with an EMA to update, to spare
+    the host sync otherwise (True then)."""
     scaler, tcfg = ctx.precision.scaler, ctx.cfg.train
     if tcfg.grad_clip:
         scaler.unscale_(ctx.optimizer)
         torch.nn.utils.clip_grad_norm_([p for p in ctx.model.parameters() if p.requires_grad], tcfg.grad_clip)
+    check = ctx.ema is not None and scaler.is_enabled()
+    scale = scaler.get_scale() if check else 0.0
     scaler.step(ctx.optimizer)
     scaler.update()
+    return not check or scaler.get_scale() >= scale
 
 
 def _oom_message(images: torch.Tensor, cfg: Config, state: TrainState) -> str:
@@ -228,7 +241,9 @@ def fit(cfg: Config, work_dir: str | os.PathLike, resume: str | os.PathLike | bo
     group (NCCL on CUDA, gloo on CPU), trains with DDP on its share of each batch, and
     rank 0 alone writes the work dir. ``resume=True`` continues from the latest checkpoint
     in ``work_dir``, a path from that file. ``model_factory(cfg, model, device) -> nn.Module``
-    may wrap the detector (e.g. the Distiller adds a teacher). Returns
+    may wrap the detector (e.g. the Distiller adds a teacher). With ``train.ema`` the
+    evaluations score the EMA of the detector's weights (:class:`~locdistill.engine.ema.ModelEMA`),
+    which the checkpoints carry as ``"ema"`` next to the raw ``"model"``. Returns
     ``{"metrics", "checkpoint", "train_time", "work_dir"}`` (the same on every rank).
     The work dir is created only once the data and the model are built (a failed start
     leaves nothing behind).
@@ -266,7 +281,9 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
     schedule = WarmupStepSchedule(optimizer, lr, cfg.train)
     state = TrainState()
     meta_base = {"classes": list(train_set.classes), "config_name": cfg.name}
-    run = Checkpointer(cfg, model, optimizer, schedule, precision, state, meta_base)
+    # the EMA of the detector (the student when distilling), on its device; a resume restores it
+    ema = ModelEMA(unwrap(model), cfg.train.ema_decay, cfg.train.ema_tau) if cfg.train.ema else None
+    run = Checkpointer(cfg, model, optimizer, schedule, precision, state, meta_base, ema)
 
     path = None  # the checkpoint resumed from
     if resume:
@@ -300,12 +317,13 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
             logger.truncate_after(state.iter, state.epoch)
 
     def evaluate_epoch() -> dict[str, float]:
-        metrics, _ = evaluate(model, val_loader, cfg, val_set, device)
+        metrics, _ = evaluate(model if ema is None else ema.module, val_loader, cfg, val_set, device)
         rec = {"mode": "val", "epoch": state.epoch, "iter": state.iter, **metrics}
         logger.log(rec)
         state.history.append(rec)
         shown = "  ".join(f"{k} {format_ap(metrics[k])}" for k in ("AP", "AP50", "AP75", "AR100"))
-        info(f"epoch {state.epoch} val: {shown}")  # n/a: undefined (-1), e.g. no ground truth of that kind
+        weights = "" if ema is None else f" (EMA of the weights, {ema.updates} updates)"
+        info(f"epoch {state.epoch} val{weights}: {shown}")  # n/a: undefined (-1), e.g. no ground truth of that kind
         return metrics
 
     metrics: dict[str, float] = {}
@@ -320,7 +338,8 @@ def _fit(cfg: Config, work_dir: Path, device: torch.device, resume, model_factor
     t_start = time.perf_counter()
     try:
         with GracefulInterrupt() as interrupt:
-            ctx = TrainContext(model, criterion, optimizer, schedule, cfg, device, state, logger, precision, interrupt)
+            ctx = TrainContext(model, criterion, optimizer, schedule, cfg, device, state, logger, precision, interrupt,
+                               ema)
             try:
                 if trained and final is None:  # e.g. a Ctrl-C during the final evaluation
                     info(f"epoch {state.epoch} was trained but not evaluated: evaluating it now")

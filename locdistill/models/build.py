@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Mapping, Optional, Union
 
-from ..checkpoint import checkpoint_classes, checkpoint_num_classes, load_checkpoint, load_model_weights
+from ..checkpoint import (checkpoint_classes, checkpoint_num_classes, inference_checkpoint, load_checkpoint,
+                          load_model_weights)
 from ..config import Config, ModelConfig
 from ..errors import ConfigError
 from .backbones import Res2Net, ResNet
@@ -119,6 +120,9 @@ def load_detector(cfg: Config, checkpoint: Union[str, os.PathLike, Mapping, None
 
     ``checkpoint``: a path, a checkpoint dict already read with
     :func:`~locdistill.checkpoint.load_checkpoint`, or None (the model keeps its initialisation).
+    A training checkpoint written with ``train.ema`` loads its ``"ema"`` weights, not the raw
+    ``"model"`` ones (:func:`~locdistill.checkpoint.inference_checkpoint`): ``test``, ``predict``,
+    ``export``, ``check-teacher`` and teachers all see the averaged weights.
     ``cfg.model.num_classes`` is set in place to the checkpoint's class count (its recorded class
     names, else its classifier's rows), else to ``num_classes`` (e.g. the dataset's) when given.
     ``source`` names the file in errors (default: the path); ``teacher_config`` makes a mismatch's
@@ -133,7 +137,7 @@ def load_detector(cfg: Config, checkpoint: Union[str, os.PathLike, Mapping, None
         if not isinstance(checkpoint, Mapping):
             source = source or str(checkpoint)
             checkpoint = load_checkpoint(checkpoint)
-        ckpt = checkpoint
+        ckpt = inference_checkpoint(checkpoint)  # the EMA of the weights when the file holds one
     file_classes = checkpoint_num_classes(ckpt) if ckpt is not None else None
     if file_classes:
         cfg.model.num_classes = file_classes

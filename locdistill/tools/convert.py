@@ -11,7 +11,9 @@ restricted loader of :mod:`locdistill.checkpoint`), removes
 
 and writes ``{"model": state_dict, "meta": {..., "converted_from": IN's name}}``
 atomically as ``OUT-<sha256[:8]>.pth`` (the hash of the final file, as mmdetection's
-``publish_model``). The result loads with ``torch.load(weights_only=True)``.
+``publish_model``). The result loads with ``torch.load(weights_only=True)``. A training
+checkpoint written with ``train.ema`` is published with its EMA weights (the ones its
+evaluations scored; ``meta.ema_updates`` records their update count), not its raw ``model``.
 
 ``format="mmdet"`` (``locdistill convert --format mmdet``) writes the same weights in the
 layout of an mmdetection 2.x checkpoint instead, ``{"meta": {..., "CLASSES",
@@ -33,7 +35,7 @@ from typing import Any, Mapping
 import torch
 
 from .. import __version__
-from ..checkpoint import atomic_torch_save, extract_state_dict, load_checkpoint
+from ..checkpoint import atomic_torch_save, extract_state_dict, inference_checkpoint, load_checkpoint
 from ..errors import CheckpointError
 from ..mmdet_format import is_teacher_key, safe_metadata, teacher_prefix
 
@@ -58,6 +60,7 @@ class ConvertResult:
     dropped_entries: list[str] = field(default_factory=list)  # top-level entries removed (optimizer, config...)
     dropped_meta: list[str] = field(default_factory=list)  # metadata keys that were not plain data
     dropped_prefix: str = ""  # "student." when the weights came from a whole Distiller
+    ema: bool = False  # the weights are the file's EMA ("ema" entry of a train.ema checkpoint), not its "model"
     meta: dict[str, Any] = field(default_factory=dict)
     format: str = "locdistill"  # "locdistill" ({"model", "meta"}) or "mmdet" ({"meta", "state_dict"})
 
@@ -70,6 +73,8 @@ class ConvertResult:
             lines.append(f"stripped {total} teacher tensors: {groups}")
         else:
             lines.append("stripped 0 teacher tensors (none in the file)")
+        if self.ema:
+            lines.append(f"kept the EMA of the weights ({self.meta.get('ema_updates')} updates), not the raw 'model'")
         if self.dropped_prefix:
             lines.append(f"removed the '{self.dropped_prefix}' prefix of the student weights")
         lines.append("dropped entries (training state, config): " + (", ".join(self.dropped_entries) or "none"))
@@ -127,7 +132,9 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     if format not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {format!r}; use one of {', '.join(FORMATS)}")
     src = Path(src)
-    ckpt = load_checkpoint(src)
+    raw = load_checkpoint(src)
+    ckpt = inference_checkpoint(raw)  # a train.ema checkpoint publishes its EMA weights
+    ema = ckpt is not raw
     state = extract_state_dict(ckpt, source=f"checkpoint {src}")
 
     stripped: dict[str, int] = defaultdict(int)
@@ -155,6 +162,8 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     meta, dropped_meta = safe_metadata(None if bare else ckpt.get("meta"))
     dropped_meta += [f"state_dict.{k} (not a tensor)" for k in skipped]
     meta["converted_from"] = src.name
+    if ema:
+        meta["ema_updates"] = int(raw["ema"].get("updates", 0))
     if half:
         meta["dtype"] = "float16"
     if format == "mmdet":
@@ -174,4 +183,4 @@ def convert_checkpoint(src: str | os.PathLike, out: str | os.PathLike, half: boo
     digest = digests[0]
     return ConvertResult(path=final, sha256=digest, num_tensors=len(student), stripped=dict(stripped),
                          dropped_entries=dropped_entries, dropped_meta=dropped_meta,
-                         dropped_prefix=dropped_prefix, meta=meta, format=format)
+                         dropped_prefix=dropped_prefix, meta=meta, format=format, ema=ema)

@@ -33,6 +33,7 @@ def yolov8_coco(scale: str) -> Config:
     t.warmup_iters = 1000
     t.milestones = (70, 90)
     t.amp = True
+    t.ema = True  # EMA of the weights, decay 0.9999 ramped up over tau = 2000 updates (as YOLOv8); eval uses it
     t.device = "auto"
 
     c = config.test
