@@ -115,8 +115,9 @@ def train_teacher(out: Path, setting: str, teachers: dict = SETTINGS, overrides:
     config, extra = teachers[setting]
     wd = out / f"teacher_{setting}"
     if final_metrics(wd) is None:
-        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd), "--set", *extra,
-               *overrides]
+        sets = [*extra, *overrides]
+        cmd = [sys.executable, "-m", "locdistill", "train", config, "--work-dir", str(wd),
+               *(["--set", *sets] if sets else [])]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True, env=dict(os.environ, LOCDISTILL_NO_PROGRESS="1"), stdout=subprocess.DEVNULL)
     epochs = json.loads((wd / "config.json").read_text())["train"]["epochs"]
