@@ -164,7 +164,7 @@ def main() -> None:
     if yolo:
         r18 = statistics.median(times["GFL R-18"])
         print()
-        print(f"# detections: " + ", ".join(f"{label} {counts[label]}" for label in yolo))
+        print("# detections: " + ", ".join(f"{label} {counts[label]}" for label in yolo))
         print("| model | ms (median) | ms (fastest) | ratio to GFL R-18 (same run) | ratio to GFL R-50 (same run) |")
         print("|---|---|---|---|---|")
         for label, key in [("GFL R-50", "gfl")] + [(k, k) for k in yolo]:
