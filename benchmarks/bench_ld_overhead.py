@@ -14,6 +14,13 @@ the growth of the process's max RSS in a fresh subprocess (CPU) or
 ``torch.cuda.max_memory_allocated`` (CUDA).
 
     python benchmarks/bench_ld_overhead.py --iters 5 --threads 2
+
+``--pair yolo`` measures the same three steps, with the same definitions and target, for the
+YOLO family: a yolov8s teacher (``yolo/yolov8s_coco``'s model) → a yolov8n student
+(``yolo/yolov8n_coco``), 80 classes, recipe ``ld`` (main-region LD on the TAL positives, 0.25 / T 10,
+``per_image`` reduction, as ``yolo/ld_yolov8s_yolov8n_digits``)::
+
+    python benchmarks/bench_ld_overhead.py --iters 5 --threads 2 --pair yolo
 """
 from __future__ import annotations
 
@@ -30,37 +37,55 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locdistill.config import Config, DistillConfig  # noqa: E402
+from locdistill.config import Config, DistillConfig, load_config  # noqa: E402
 from locdistill.distill import Distiller, build_criterion  # noqa: E402
 from locdistill.models.build import build_detector  # noqa: E402
-from locdistill.models.criterion import GFLCriterion  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train_step import synthetic_batch  # noqa: E402
 
 
-def build(depth: int) -> torch.nn.Module:
-    cfg = Config()
-    cfg.model.backbone.depth = depth
-    return build_detector(cfg.model)
+#: per pair: (student, teacher, the student config's LD recipe and its changes, a label)
+PAIRS = {
+    # the LD code's full recipe: main LD + VLR + class KD (no cross-head terms)
+    "gfl": ("r18", "r50", "full", {}, "R-50 teacher → R-18 student"),
+    # as yolo/ld_yolov8s_yolov8n_digits: main-region LD on the TAL positives
+    "yolo": ("yolov8n", "yolov8s", "ld", {"reduction": "per_image"}, "yolov8s teacher → yolov8n student"),
+}
 
 
-def make_criterion(distill: bool) -> GFLCriterion:
+def model_config(name: str) -> Config:
+    """``r18`` / ``r50``: the default GFL config with that backbone depth; ``yolov8<scale>``: its COCO config."""
+    if name.startswith("yolov8"):
+        return load_config(f"yolo/{name}_coco")
     cfg = Config()
-    if distill:  # the LD code's full recipe: main LD + VLR + class KD (no cross-head terms)
-        cfg.distill = DistillConfig.from_recipe("full", num_classes=cfg.model.num_classes)
+    cfg.model.backbone.depth = int(name[1:])
+    return cfg
+
+
+def build(name: str) -> torch.nn.Module:
+    return build_detector(model_config(name).model)
+
+
+def make_criterion(distill: bool, pair: str = "gfl"):
+    student, teacher, recipe, changes, _ = PAIRS[pair]
+    cfg = model_config(student)
+    if distill:
+        teacher_config = f"yolo/{teacher}_coco" if teacher.startswith("yolov8") else ""
+        cfg.distill = DistillConfig.from_recipe(recipe, teacher_config, num_classes=cfg.model.num_classes, **changes)
     return build_criterion(cfg, distill=distill)
 
 
 class Runner:
-    def __init__(self, h: int, w: int, batch: int):
+    def __init__(self, h: int, w: int, batch: int, pair: str = "gfl"):
         torch.manual_seed(0)
-        self.student = build(18).train()
-        self.teacher = build(50).eval().requires_grad_(False)
-        self.distiller = Distiller(build(18), self.teacher).train()
+        student, teacher = PAIRS[pair][:2]
+        self.student = build(student).train()
+        self.teacher = build(teacher).eval().requires_grad_(False)
+        self.distiller = Distiller(build(student), self.teacher).train()
         self.distiller.student.load_state_dict(self.student.state_dict())
-        self.crit = make_criterion(False)
-        self.crit_ld = make_criterion(True)
+        self.crit = make_criterion(False, pair)
+        self.crit_ld = make_criterion(True, pair)
         self.opt_s = torch.optim.SGD([p for p in self.student.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
         self.opt_d = torch.optim.SGD([p for p in self.distiller.parameters() if p.requires_grad], lr=1e-3,
                                      momentum=0.9)
@@ -87,7 +112,7 @@ class Runner:
         self.opt_d.step()
 
 
-def _child(kind: str, h: int, w: int, batch: int, threads: int) -> None:
+def _child(kind: str, h: int, w: int, batch: int, threads: int, pair: str = "gfl") -> None:
     """In a fresh process: build only what ``kind`` needs, then print the RSS growth of one step."""
     import os
 
@@ -96,12 +121,13 @@ def _child(kind: str, h: int, w: int, batch: int, threads: int) -> None:
     gen = torch.Generator().manual_seed(0)
     images, targets = synthetic_batch(batch, h, w, 7, 80, gen)
     sizes = [t["pad_shape"] for t in targets]
+    student, teacher = PAIRS[pair][:2]
     if kind == "teacher":
-        model = build(50).eval().requires_grad_(False)
+        model = build(teacher).eval().requires_grad_(False)
     elif kind == "student":
-        model, crit = build(18).train(), make_criterion(False)
+        model, crit = build(student).train(), make_criterion(False, pair)
     else:
-        model, crit = Distiller(build(18), build(50)).train(), make_criterion(True)
+        model, crit = Distiller(build(student), build(teacher)).train(), make_criterion(True, pair)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9) if params else None
     page = os.sysconf("SC_PAGE_SIZE")
@@ -120,10 +146,10 @@ def _child(kind: str, h: int, w: int, batch: int, threads: int) -> None:
     print((peak - rss_before) / 2**20)
 
 
-def peak_child(kind: str, h: int, w: int, batch: int, threads: int) -> float:
+def peak_child(kind: str, h: int, w: int, batch: int, threads: int, pair: str = "gfl") -> float:
     """Peak-RSS growth (MiB) of one ``kind`` step ("student", "teacher", "ld"), in a fresh process."""
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
-            f"import bench_ld_overhead as b; b._child({kind!r}, {h}, {w}, {batch}, {threads})")
+            f"import bench_ld_overhead as b; b._child({kind!r}, {h}, {w}, {batch}, {threads}, {pair!r})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])
 
@@ -136,10 +162,12 @@ def main() -> None:
     ap.add_argument("--size", default="640x640")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--pair", default="gfl", choices=sorted(PAIRS),
+                    help="gfl: R-50 → R-18, recipe full (default); yolo: yolov8s → yolov8n, recipe ld")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     h, w = (int(v) for v in args.size.lower().split("x"))
-    r = Runner(h, w, args.batch)
+    r = Runner(h, w, args.batch, args.pair)
     times = {"student": [], "teacher": [], "ld": []}
     fns = {"student": r.student_step, "teacher": r.teacher_forward, "ld": r.ld_step}
     order = list(fns)
@@ -152,7 +180,8 @@ def main() -> None:
                 times[k].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["ld"] / (med["student"] + med["teacher"])
-    print(f"\nLD step overhead, {args.batch}×{h}×{w}, R-50 teacher → R-18 student, {args.threads} threads, "
+    print(f"\nLD step overhead, {args.batch}×{h}×{w}, {PAIRS[args.pair][4]} (recipe {PAIRS[args.pair][2]}), "
+          f"{args.threads} threads, "
           f"median of {args.iters}")
     print("| step | ms |")
     print("|---|---|")
@@ -160,7 +189,7 @@ def main() -> None:
         print(f"| {k} | {1000 * med[k]:.0f} |")
     print(f"\nt(ld) / (t(student) + t(teacher)) = {ratio:.3f}  (target ≤ 1.05)")
     if not args.no_memory:
-        peaks = {k: peak_child(k, h, w, args.batch, args.threads) for k in ("student", "teacher", "ld")}
+        peaks = {k: peak_child(k, h, w, args.batch, args.threads, args.pair) for k in ("student", "teacher", "ld")}
         mem_ratio = peaks["ld"] / (peaks["student"] + peaks["teacher"])
         print(f"peak RSS growth of one step (MiB): student {peaks['student']:.0f}, teacher forward "
               f"{peaks['teacher']:.0f}, LD {peaks['ld']:.0f}; LD / (student + teacher) = {mem_ratio:.3f} "

@@ -14,6 +14,13 @@ The median of ``--iters`` steps after ``--warmup`` untimed ones is reported as a
 markdown table with each phase's share of the step.
 
     python benchmarks/bench_train_step.py --iters 5 --threads 2
+
+``--model yolov8n`` (or ``yolov8s`` … ``yolov8x``) times the YOLO family instead: the
+``yolo/yolov8<scale>_coco`` config's model (80 classes) and its criterion
+(:class:`~locdistill.models.yolo.YOLOCriterion`: task-aligned assignment (TAL) + targets, then
+BCE / CIoU / DFL), with the same phases, data and budget::
+
+    python benchmarks/bench_train_step.py --iters 5 --threads 2 --model yolov8n
 """
 from __future__ import annotations
 
@@ -27,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from locdistill.config import Config  # noqa: E402
+from locdistill.config import Config, load_config  # noqa: E402
 from locdistill.data.loader import collate  # noqa: E402
 from locdistill.distill import build_criterion  # noqa: E402
 from locdistill.models.build import build_detector  # noqa: E402
@@ -52,23 +59,32 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", default="640x640", help="image HxW")
     ap.add_argument("--boxes", type=int, default=7, help="GT boxes per image")
-    ap.add_argument("--depth", type=int, default=18)
+    ap.add_argument("--depth", type=int, default=18, help="GFL backbone depth (--model gfl)")
+    ap.add_argument("--model", default="gfl", choices=["gfl"] + [f"yolov8{s}" for s in "nsmlx"],
+                    help="gfl (GFL R-<depth> FPN, default) or a yolo/yolov8<scale>_coco model")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     h, w = (int(v) for v in args.size.lower().split("x"))
 
-    cfg = Config()
-    cfg.model.backbone.depth = args.depth
+    if args.model == "gfl":
+        cfg = Config()
+        cfg.model.backbone.depth = args.depth
+        label, assign_label = f"GFL R-{args.depth} FPN", "ATSS"
+    else:
+        cfg = load_config(f"yolo/{args.model}_coco")
+        label, assign_label = f"{args.model} (yolo/{args.model}_coco)", "TAL"
     cfg.model.num_classes = 80
     model = build_detector(cfg.model).train()
-    criterion = build_criterion(cfg)
+    criterion = build_criterion(cfg, distill=False)
+    losses_of = criterion.yolo_losses if cfg.model.type == "yolo" else criterion.gfl_losses
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(0)
 
     phases = ["data", "forward", "targets+loss", "backward+step"]
-    times: dict[str, list[float]] = {k: [] for k in phases + ["  assignment+targets", "  loss sums"]}
+    parts = [f"  assignment ({assign_label})+targets", "  loss sums"]
+    times: dict[str, list[float]] = {k: [] for k in phases + parts}
     for i in range(args.warmup + args.iters):
         t0 = time.perf_counter()
         images, targets = synthetic_batch(args.batch, h, w, args.boxes, 80, gen)
@@ -79,7 +95,7 @@ def main() -> None:
         dense = criterion.flatten(outputs)
         tg = criterion.assign(dense, targets, image_sizes=sizes)
         t2b = time.perf_counter()
-        losses = criterion.gfl_losses(dense, tg)
+        losses = losses_of(dense, tg)
         loss = sum(losses.values())
         t3 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -87,7 +103,7 @@ def main() -> None:
         optimizer.step()
         t4 = time.perf_counter()
         if i >= args.warmup:
-            for k, v in zip(phases + ["  assignment+targets", "  loss sums"],
+            for k, v in zip(phases + parts,
                             [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t2b - t2, t3 - t2b]):
                 times[k].append(v)
 
@@ -95,7 +111,7 @@ def main() -> None:
     step = sum(med[k] for k in phases)
     cmd = "python " + " ".join([sys.argv[0]] + sys.argv[1:])
     print(f"# {cmd}")
-    print(f"# torch {torch.__version__}, threads {args.threads}, GFL R-{args.depth} FPN, 80 classes, "
+    print(f"# torch {torch.__version__}, threads {args.threads}, {label}, 80 classes, "
           f"batch {args.batch} x {h}x{w}, {args.boxes} GT/image, positives/image "
           f"{tg.num_pos.tolist()}, median of {args.iters} steps")
     print("| phase | ms | share of step |")
