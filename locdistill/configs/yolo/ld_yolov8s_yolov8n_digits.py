@@ -1,5 +1,5 @@
 # Same-family LD on the bundled digits data: a YOLOv8-s teacher distilled into a YOLOv8-n student
-# (docs/yolo.md, "Distillation"). Train the teacher first (other scenes, exact boxes; ~40 min on 2 CPU cores):
+# (docs/yolo.md, "Distillation"). Train the teacher first (other scenes, exact boxes; ~45 min on one CPU thread):
 #   locdistill train yolo/yolov8s_digits_teacher --work-dir work_dirs/yolov8s_digits_teacher
 # Recipe `ld` (main-region LD on the TAL positives, weight 0.25, T=10), set explicitly: the default
 # `crosshead_ld` recipe runs the student's features through the teacher's GFL head and is GFL-only.
