@@ -6,8 +6,7 @@ val pipeline, with ``split="train"``) this measures
 
 1. **Headroom**: the student's COCO AP as it is, and with the teacher's box logits swapped
    in at the student's positives (ATSS for GFL, TAL for the YOLO family: the region of main
-   LD), at the VLR (VLR-LD), at
-   both, and everywhere; then the teacher's class logits with the student's boxes (what
+   LD), at the VLR (VLR-LD), at both, and everywhere; then the teacher's class logits with the student's boxes (what
    class KD could give) and the teacher alone. Nothing else changes (the student's class
    scores, the same post-processing), so AP(positives) − AP(student) is the most main LD
    could give if the student copied the teacher's box distributions exactly: a ceiling,
