@@ -32,16 +32,25 @@ DATA = ["data.digits_train=8", "data.digits_val=6", "data.digits_image_size=96",
         "data.batch_size=3", "data.workers=0", "train.device=cpu", "test.score_thr=0.0"]
 
 
-def _save(path, num_classes: int = 10, seed: int = 0, reg_noise: float = 0.0, state=None):
-    cfg = load_config(CONFIG, [*MODEL, f"model.num_classes={num_classes}"])
+def _box_layers(model) -> list:
+    """The last box-regression conv(s): GFL's shared ``gfl_reg``, YOLO's last 1×1 conv per level."""
+    head = model.bbox_head
+    return [head.gfl_reg] if hasattr(head, "gfl_reg") else [branch[-1] for branch in head.reg_branches]
+
+
+def _save(path, num_classes: int = 10, seed: int = 0, reg_noise: float = 0.0, state=None,
+          config: str = CONFIG, overrides=MODEL):
+    """A random detector of ``config`` (optionally ``state`` with noise on its box layers) saved to ``path``."""
+    cfg = load_config(config, [*overrides, f"model.num_classes={num_classes}"])
     torch.manual_seed(seed)
     model = build_detector(cfg.model)
     if state is not None:
         model.load_state_dict(state)
     if reg_noise:
         with torch.no_grad():
-            w = model.bbox_head.gfl_reg.weight
-            w.add_(reg_noise * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+            for layer in _box_layers(model):
+                w = layer.weight
+                w.add_(reg_noise * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
     save_checkpoint(path, model, meta={"classes": [str(i) for i in range(num_classes)]})
     return model
 
@@ -167,19 +176,8 @@ Y_CONFIG = "yolo/yolov8n_digits"
 Y_MODEL = ["model.yolo.width=0.125", "model.yolo.depth=0.2"]
 
 
-def _save_yolo(path, reg_max: int = 16, state=None, reg_noise: float = 0.0):
-    cfg = load_config(Y_CONFIG, [*Y_MODEL, f"model.yolo.reg_max={reg_max}"])
-    torch.manual_seed(0)
-    model = build_detector(cfg.model)
-    if state is not None:
-        model.load_state_dict(state)
-    if reg_noise:
-        with torch.no_grad():
-            for branch in model.bbox_head.reg_branches:  # the last 1×1 conv of each level's box branch
-                w = branch[-1].weight
-                w.add_(reg_noise * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
-    save_checkpoint(path, model, meta={"classes": [str(i) for i in range(10)]})
-    return model
+def _save_yolo(path, reg_max: int = 16, **kw):
+    return _save(path, config=Y_CONFIG, overrides=[*Y_MODEL, f"model.yolo.reg_max={reg_max}"], **kw)
 
 
 @pytest.fixture(scope="module")

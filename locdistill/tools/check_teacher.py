@@ -279,8 +279,7 @@ def variant_outputs(s_out: dict, t_out: dict, masks: dict) -> dict:
     ``masks`` (name → ``[B, A]`` bool), the teacher's class logits with the student's boxes
     (``"teacher cls"``) and the teacher's own (``"teacher"``). Other entries of the outputs
     (a family's extras, e.g. the YOLO point offset) are the student's."""
-    outputs = {n: {**s_out, "cls_logits": s_out["cls_logits"],
-                   "box_logits": mix_levels(s_out["box_logits"], t_out["box_logits"], m)}
+    outputs = {n: {**s_out, "box_logits": mix_levels(s_out["box_logits"], t_out["box_logits"], m)}
                for n, m in masks.items()}
     outputs["teacher cls"] = {**s_out, "cls_logits": t_out["cls_logits"], "box_logits": s_out["box_logits"]}
     outputs["teacher"] = t_out
